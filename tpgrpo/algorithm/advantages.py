@@ -1,0 +1,100 @@
+"""Group-normalised advantages per trained step (SPEC.md §6).
+
+For trained step `j` and prompt group `g`: `A = (x − mean_g) / (std + eps)`, with `std` the
+population std (ddof = 0) over the group (or over the whole batch), clipped to `[−clip, clip]`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+STD_SCOPES = ("group", "batch")
+
+
+def _check_matrix(values: np.ndarray, name: str) -> np.ndarray:
+    try:
+        out = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a numeric array [N, W]: {err}") from None
+    if out.ndim != 2 or out.shape[0] < 1 or out.shape[1] < 1:
+        raise ValueError(f"{name} must have shape [N, W] with N, W >= 1, got shape {tuple(out.shape)}")
+    bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+    if bad.size:
+        raise ValueError(f"{name} has NaN or infinite values in rows {bad.tolist()}")
+    return out
+
+
+def _centered(x: np.ndarray) -> np.ndarray:
+    """`x − mean(x, axis=0)`, exactly zero where a column is constant.
+
+    Shifting by the first row before averaging makes a constant column's deviations exactly 0
+    (a plain float mean of equal values can be off by one ulp, leaving tiny non-zero advantages).
+    """
+    shifted = x - x[:1]  # [n, W]
+    return shifted - shifted.mean(axis=0)  # [n, W]
+
+
+def advantages(
+    step_reward: np.ndarray,
+    group_id: np.ndarray,
+    *,
+    std_scope: Literal["group", "batch"] = "group",
+    clip: float = 5.0,
+    eps: float = 1e-4,
+) -> np.ndarray:
+    """Advantages of each trained step, normalised within its prompt group.
+
+    Args:
+        step_reward (`np.ndarray`): `[N, W]` finite step rewards.
+        group_id (`np.ndarray`): `[N]` int prompt group of each trajectory; every group needs at
+            least two trajectories.
+        std_scope (`str`, defaults to `"group"`): `"group"` divides by the group's std of step `j`,
+            `"batch"` by the std of step `j` over all `N` trajectories.
+        clip (`float`, defaults to 5.0): `A_max` (> 0).
+        eps (`float`, defaults to 1e-4): added to the std (> 0).
+
+    Returns:
+        `np.ndarray`: `[N, W]` float64 advantages in `[−clip, clip]`.
+    """
+    x = _check_matrix(step_reward, "step_reward")
+    groups = np.asarray(group_id)
+    if groups.shape != (x.shape[0],):
+        raise ValueError(f"group_id must have shape [N] = [{x.shape[0]}], got shape {tuple(groups.shape)}")
+    if not np.issubdtype(groups.dtype, np.integer):
+        raise ValueError(f"group_id must be integers, got dtype {groups.dtype}")
+    if std_scope not in STD_SCOPES:
+        raise ValueError(f"unknown std_scope {std_scope!r}; valid: {', '.join(STD_SCOPES)}")
+    if not (np.isfinite(clip) and clip > 0):
+        raise ValueError(f"clip must be a finite number > 0, got {clip!r}")
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    ids, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    if (counts < 2).any():
+        raise ValueError(
+            f"groups {ids[counts < 2].tolist()} have a single trajectory: a group needs >= 2 "
+            "trajectories for a relative advantage"
+        )
+
+    batch_std = np.sqrt((_centered(x) ** 2).mean(axis=0))  # [W]
+    out = np.empty_like(x)  # [N, W]
+    for g in range(ids.size):
+        rows = inverse == g
+        dev = _centered(x[rows])  # [n_g, W]
+        std = np.sqrt((dev**2).mean(axis=0)) if std_scope == "group" else batch_std  # [W]
+        out[rows] = dev / (std + eps)
+    return np.clip(out, -clip, clip)
+
+
+def zero_advantage_mask(adv: np.ndarray) -> np.ndarray:
+    """Trajectories whose advantages are all zero (they carry no signal and may be skipped).
+
+    Args:
+        adv (`np.ndarray`): `[N, W]` finite advantages.
+
+    Returns:
+        `np.ndarray`: `[N]` bool.
+    """
+    adv = _check_matrix(adv, "adv")
+    return np.all(adv == 0, axis=1)  # [N]
