@@ -9,7 +9,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from tpgrpo.algorithm import Window, default_window, flow_match_sigmas, timesteps_of
 
 
-@pytest.mark.parametrize("shift", [1.0, 3.0, 3.1])
+@pytest.mark.parametrize("shift", [1.0, 1.18, 1.32, 3.0, 3.1])
 @pytest.mark.parametrize("num_steps", [1, 2, 10, 28, 40])
 def test_sigmas_equal_diffusers(num_steps: int, shift: float) -> None:
     scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)

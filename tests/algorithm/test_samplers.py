@@ -140,6 +140,28 @@ def test_sde_sigma_one_guard() -> None:
     assert two.std.tolist() == pytest.approx([0.7, 1.4 * math.sqrt(0.2)], rel=1e-5)
 
 
+@pytest.mark.parametrize("shift", [1.18, 1.32, 3.0])
+def test_sde_guard_on_first_grid_level_not_exactly_one(shift: float) -> None:
+    # diffusers' σ_0 is 0.99999988 for shift 1.18 and 1.0000001 for shift 1.32 (float32 rounding);
+    # with a test σ == 1 the std would be a·sqrt(σ/1.2e-7) ≈ 2000·a or NaN. The guard covers it:
+    # std = a·sqrt(σ_0/(1 − σ_1)).
+    sigmas = flow_match_sigmas(10, shift)
+    a = 0.7
+    out = sampler_step(
+        "sde",
+        torch.ones(1, 4),
+        torch.ones(1, 4),
+        sigmas[0],
+        sigmas[1],
+        noise_level=a,
+        sigma_guard=sigmas[1],
+        noise=torch.zeros(1, 4),
+    )
+    s0, s1 = sigmas[0].item(), sigmas[1].item()
+    expected = a * math.sqrt(s0 / (1 - s1)) * math.sqrt(s0 - s1)
+    assert out.std.item() == pytest.approx(expected, rel=1e-5)
+
+
 # ---------------------------------------------------------------- CPS: formulas and empirical moments
 
 

@@ -25,6 +25,9 @@ SAMPLERS = ("ode", "sde", "cps")
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
+# diffusers' σ_0 is 1 only up to float32 rounding for some shifts (e.g. 1.0000001 for shift 1.32).
+_SIGMA_MAX = 1 + 2**-20
+
 
 @dataclass
 class StepOut:
@@ -77,10 +80,10 @@ def _grid_pair(sigma: Tensor | float, sigma_next: Tensor | float, sample: Tensor
     batch = sample.shape[0]
     sig = _per_sample(sigma, batch, sample.device, "sigma")  # [B]
     sig_next = _per_sample(sigma_next, batch, sample.device, "sigma_next")  # [B]
-    if not bool(((sig_next >= 0) & (sig_next < sig) & (sig <= 1)).all()):
+    if not bool(((sig_next >= 0) & (sig_next < sig) & (sig <= _SIGMA_MAX)).all()):
         raise ValueError(
             "sigma and sigma_next must satisfy 0 <= sigma_next < sigma <= 1 for every sample "
-            "(one denoising step of the grid)"
+            "(one denoising step of the grid; noise levels, not 1000·σ timesteps)"
         )
     return _batch_view(sig, sample.ndim), _batch_view(sig_next, sample.ndim)  # [B, 1, ...] each
 
@@ -195,7 +198,8 @@ def sampler_step(
         sigma_next (`torch.Tensor` or `float`): `[B]` or scalar next noise level `σ' < σ`.
         noise_level (`float`): `a` (≥ 0; ≤ 1 for `cps`). Ignored by `ode`.
         sigma_guard (`torch.Tensor` or `float`): `σ_1` of the grid, in (0, 1); the `sde` std uses
-            it in place of `σ` where `σ = 1`. Ignored by `ode` and `cps`.
+            it in place of `σ` where `σ = 1` (any `σ > σ_1`, i.e. the first grid level, which is 1
+            only up to float32 rounding for some shifts). Ignored by `ode` and `cps`.
         noise (`torch.Tensor`, *optional*): `[B, ...]` standard normal draw; required to draw a
             stochastic step, not allowed for `ode` or with `prev_sample`.
         prev_sample (`torch.Tensor`, *optional*): `[B, ...]` stored next state; then the step is
@@ -239,7 +243,10 @@ def sampler_step(
         guard = _batch_view(_per_sample(sigma_guard, batch, sample.device, "sigma_guard"), sample.ndim)
         if not bool(((guard > 0) & (guard < 1)).all()):
             raise ValueError("sigma_guard (σ_1 of the grid) must lie in (0, 1)")
-        sig_safe = torch.where(sig == 1, guard, sig)  # [B, 1, ...] σ̃
+        # σ̃ = σ_1 where σ = 1. The first grid level is 1 only up to float32 rounding for some
+        # shifts (1 ± 1 ulp, where 1 − σ is 0, negative or tiny), so the guard applies to every σ
+        # above σ_1; on a grid that is exactly σ_0.
+        sig_safe = torch.where(sig > guard, guard, sig)  # [B, 1, ...] σ̃
         std_dev = noise_level * torch.sqrt(sig / (1 - sig_safe))  # [B, 1, ...]
         dt = sig_next - sig  # [B, 1, ...]
         # s + [v + std²/(2σ)·x̂1]·dt; with std = 0 this is bit-for-bit the Euler step.
