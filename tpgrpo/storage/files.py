@@ -1,0 +1,136 @@
+"""Small filesystem operations with the guarantees datasets rely on.
+
+Listings always bypass fsspec's listing cache (another process may have written since), and
+`write_atomic` makes a file appear whole or not at all: temp file + fsync + rename locally, a
+single PUT on S3 (an object is visible only once its upload completed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+
+import fsspec
+import pyarrow.fs as pafs
+from fsspec.implementations.local import LocalFileSystem
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether `fs` is the local filesystem."""
+    return isinstance(fs, LocalFileSystem)
+
+
+def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
+    """The pyarrow filesystem to read and write through: native for local disk, else wrapping fsspec."""
+    if is_local(fs):
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def list_files(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, int] | None:
+    """Lists the plain files directly inside a directory, fresh from the store.
+
+    Args:
+        fs (`fsspec.AbstractFileSystem`): the filesystem.
+        path (`str`): the directory.
+
+    Returns:
+        `dict[str, int] | None`: file name -> size in bytes (subdirectories left out), or `None`
+        when the directory does not exist (on S3: no object under the prefix).
+    """
+    fs.invalidate_cache(path)
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return None
+    if is_local(fs) and not os.path.isdir(path):
+        return None
+    files: dict[str, int] = {}
+    for entry in entries:
+        if entry["type"] == "file":
+            files[entry["name"].rstrip("/").rsplit("/", 1)[-1]] = int(entry["size"])
+    return files
+
+
+def list_dirs(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    """Names of the subdirectories directly inside `path` (empty when it does not exist)."""
+    fs.invalidate_cache(path)
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return []
+    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
+
+
+def exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether a file exists, bypassing fsspec's listing cache."""
+    fs.invalidate_cache(path)
+    return bool(fs.exists(path))
+
+
+def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """Reads a whole (small) file."""
+    data = fs.cat_file(path)
+    assert isinstance(data, bytes)
+    return data
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Writes a small file so that readers see the old state or the whole new file, never a part.
+
+    Args:
+        fs (`fsspec.AbstractFileSystem`): the filesystem.
+        path (`str`): destination; its directory is created locally if needed.
+        data (`bytes`): the content.
+    """
+    if not is_local(fs):
+        fs.pipe_file(path, data)  # one PUT: S3 shows the object only once complete
+        fs.invalidate_cache(path)
+        return
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    fsync_dir(directory)
+
+
+def fsync_dir(directory: str) -> None:
+    """Makes a local directory's entries (new or renamed files) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_file(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Removes a file if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(path)
+    fs.invalidate_cache(path)
+
+
+def remove_tree(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Removes a directory and everything under it, if it exists."""
+    if exists(fs, path):
+        fs.rm(path, recursive=True)
+    fs.invalidate_cache(path)
+
+
+def move(fs: fsspec.AbstractFileSystem, source: str, destination: str) -> None:
+    """Moves a file over `destination` (atomic rename locally; copy then delete on S3)."""
+    if is_local(fs):
+        os.replace(source, destination)
+    else:
+        fs.mv(source, destination)
+    fs.invalidate_cache(source)
+    fs.invalidate_cache(destination)

@@ -1,0 +1,226 @@
+"""Reading finished datasets, checked against their manifest and the declared schema.
+
+Every reader first checks that the dataset is finished (manifest present), that its schema name
+and version are the ones this code declares, and that the part files on storage are exactly those
+of the manifest with the recorded sizes (one listing). Only then does it read, through pyarrow's
+dataset scanner: native I/O on local disk, s3fs on S3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from tpgrpo.errors import DataError, UserError
+from tpgrpo.schemas import SCHEMAS, SchemaRef, schema_for
+from tpgrpo.storage.files import arrow_filesystem, list_files
+from tpgrpo.storage.manifest import Manifest, load_manifest, read_manifest
+from tpgrpo.storage.parts import is_data_file
+from tpgrpo.storage.uri import filesystem_for
+
+BATCH_BYTES = 64 << 20  # default target size of a streamed record batch
+
+
+def check_schema(found: SchemaRef, expected: SchemaRef, uri: str) -> None:
+    """Refuses a dataset whose schema name or version differs from the one expected.
+
+    Raises:
+        `DataError`: naming both and what to do.
+    """
+    if found == expected:
+        return
+    if found.name != expected.name:
+        hint = "this is another kind of dataset: check the path"
+    elif found.version < expected.version:
+        hint = (
+            "it was written by an older tpgrpo: rebuild it (rerun its stage with --force), or read it "
+            "with the version in its manifest's code_version"
+        )
+    else:
+        hint = "it was written by a newer tpgrpo: upgrade this installation"
+    raise DataError(f"{uri} holds dataset schema {found}, expected {expected}; {hint}")
+
+
+def check_parts(fs: fsspec.AbstractFileSystem, path: str, manifest: Manifest, uri: str) -> None:
+    """Checks that the directory holds exactly the manifest's parts, with their recorded sizes.
+
+    Raises:
+        `DataError`: a part missing, resized, or an extra Parquet file plain readers would read.
+    """
+    listing = list_files(fs, path) or {}
+    problems = [
+        f"{p.path}: missing"
+        if p.path not in listing
+        else f"{p.path}: {listing[p.path]} bytes, manifest says {p.bytes}"
+        for p in manifest.parts
+        if listing.get(p.path) != p.bytes
+    ]
+    listed = {p.path for p in manifest.parts}
+    problems += [
+        f"{name}: not in the manifest"
+        for name in sorted(listing)
+        if is_data_file(name) and name not in listed
+    ]
+    if problems:
+        raise DataError(
+            f"{uri}: part files do not match the manifest ({'; '.join(problems[:5])}"
+            f"{' …' if len(problems) > 5 else ''}). If a retention run was interrupted, rerun it; "
+            "otherwise the dataset was modified outside tpgrpo: rebuild it with --force"
+        )
+
+
+def _finished(
+    uri: str, schema_name: str, storage_options: Mapping[str, Any] | None
+) -> tuple[fsspec.AbstractFileSystem, str, Manifest, pa.Schema]:
+    schema = schema_for(schema_name)
+    fs, path = filesystem_for(uri, storage_options)
+    manifest = load_manifest(fs, path)
+    if manifest is None:
+        manifest = read_manifest(uri, storage_options)  # raises the "not finished" DataError
+    check_schema(manifest.schema, SchemaRef.of(schema), uri)
+    check_parts(fs, path, manifest, uri)
+    return fs, path, manifest, schema
+
+
+def open_dataset(
+    uri: str, schema_name: str, *, storage_options: Mapping[str, Any] | None = None
+) -> ds.Dataset:
+    """Opens a finished dataset as a `pyarrow.dataset.Dataset` over exactly its manifest's parts.
+
+    Args:
+        uri (`str`): the dataset directory.
+        schema_name (`str`): the expected schema.
+        storage_options (`Mapping[str, Any]`, *optional*): S3 options.
+
+    Raises:
+        `DataError`: unfinished, wrong schema name/version, or parts not matching the manifest.
+    """
+    return _open(uri, schema_name, storage_options)[0]
+
+
+def _open(
+    uri: str, schema_name: str, storage_options: Mapping[str, Any] | None
+) -> tuple[ds.Dataset, Manifest]:
+    fs, path, manifest, schema = _finished(uri, schema_name, storage_options)
+    files = [f"{path}/{p.path}" for p in manifest.parts]
+    return ds.dataset(files, schema=schema, format="parquet", filesystem=arrow_filesystem(fs)), manifest
+
+
+def _check_columns(schema_name: str, columns: Sequence[str] | None) -> list[str] | None:
+    if columns is None:
+        return None
+    unknown = sorted(set(columns) - set(schema_for(schema_name).names))
+    if unknown:
+        raise UserError(
+            f"unknown column(s) {unknown} for dataset {schema_name!r}; it has {schema_for(schema_name).names}"
+        )
+    return list(columns)
+
+
+def read_table(
+    uri: str,
+    schema_name: str,
+    columns: Sequence[str] | None = None,
+    filter: ds.Expression | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> pa.Table:
+    """Reads a finished dataset into memory.
+
+    Args:
+        uri (`str`): the dataset directory.
+        schema_name (`str`): the expected schema.
+        columns (`Sequence[str]`, *optional*): columns to read (all by default).
+        filter (`pyarrow.dataset.Expression`, *optional*): row filter, e.g.
+            `pc.field("trajectory_id") < 8`.
+        storage_options (`Mapping[str, Any]`, *optional*): S3 options.
+
+    Returns:
+        `pa.Table`: the rows, in part order, with the declared schema (or its selected columns).
+
+    Raises:
+        `DataError`: unfinished, wrong schema name/version, or parts not matching the manifest.
+        `UserError`: unknown columns.
+    """
+    selected = _check_columns(schema_name, columns)
+    dataset = open_dataset(uri, schema_name, storage_options=storage_options)
+    return dataset.to_table(columns=selected, filter=filter)
+
+
+def iter_batches(
+    uri: str,
+    schema_name: str,
+    columns: Sequence[str] | None = None,
+    filter: ds.Expression | None = None,
+    *,
+    batch_size: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Streams a finished dataset by record batches, with bounded memory.
+
+    The checks run at the call, before the first batch is requested.
+
+    Args:
+        uri (`str`), schema_name (`str`), columns, filter: as in `read_table`.
+        batch_size (`int`, *optional*): rows per batch; by default about `BATCH_BYTES` of data.
+        storage_options (`Mapping[str, Any]`, *optional*): S3 options.
+
+    Returns:
+        `Iterator[pa.RecordBatch]`: the batches, in part order.
+    """
+    selected = _check_columns(schema_name, columns)
+    dataset, manifest = _open(uri, schema_name, storage_options)
+    if batch_size is None:
+        row_bytes = max(1, manifest.total_bytes // max(1, manifest.rows))
+        batch_size = max(1, min(1 << 17, BATCH_BYTES // row_bytes))
+    scanner = dataset.scanner(
+        columns=selected, filter=filter, batch_size=batch_size, batch_readahead=2, fragment_readahead=1
+    )
+    return iter(scanner.to_batches())
+
+
+def verify_dataset(uri: str, *, storage_options: Mapping[str, Any] | None = None) -> Manifest:
+    """Audits a finished dataset in full: parts, sizes, SHA-256 of every byte, schemas, row counts.
+
+    Args:
+        uri (`str`): the dataset directory.
+        storage_options (`Mapping[str, Any]`, *optional*): S3 options.
+
+    Returns:
+        `Manifest`: the verified manifest.
+
+    Raises:
+        `DataError`: the first fault found.
+    """
+    manifest = read_manifest(uri, storage_options)
+    if manifest.schema.name not in SCHEMAS:
+        raise DataError(f"{uri}: unknown dataset schema {manifest.schema}")
+    fs, path, manifest, schema = _finished(uri, manifest.schema.name, storage_options)
+    for part in manifest.parts:
+        file = f"{path}/{part.path}"
+        digest = hashlib.sha256()
+        with fs.open(file, "rb") as f:
+            while chunk := f.read(16 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != part.sha256:
+            raise DataError(f"{uri}: part {part.path} fails its SHA-256 check: corrupted")
+        with fs.open(file, "rb") as f:
+            metadata = pq.ParquetFile(f).metadata
+        physical = metadata.schema.to_arrow_schema()
+        if SchemaRef.of(physical) != manifest.schema or not physical.equals(schema, check_metadata=False):
+            raise DataError(f"{uri}: part {part.path} has schema {physical} instead of {manifest.schema}")
+        if metadata.num_rows != part.rows:
+            raise DataError(
+                f"{uri}: part {part.path} has {metadata.num_rows} rows, manifest says {part.rows}"
+            )
+    if sum(p.rows for p in manifest.parts) != manifest.rows:
+        raise DataError(
+            f"{uri}: parts hold {sum(p.rows for p in manifest.parts)} rows, manifest says {manifest.rows}"
+        )
+    return manifest
