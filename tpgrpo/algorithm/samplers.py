@@ -262,23 +262,22 @@ def sampler_step(
     std_flat = step_std.reshape(batch)  # [B]
     zero = std_flat == 0  # [B]
     n_zero = int(zero.sum())
-    if prev_sample is not None:
+    if noise is not None:
+        if 0 < n_zero < batch:
+            raise ValueError(
+                f"{n_zero} of {batch} samples have zero step std (cps at σ' = 0): a batch must be all "
+                "stochastic or all deterministic"
+            )
+        next_state = mean + step_std * noise.float()  # [B, ...]
+        if n_zero == batch:
+            return StepOut(next=next_state, mean=mean, std=std_flat, log_prob=None)
+    elif prev_sample is not None:
         if n_zero:
             raise ValueError(
                 f"{n_zero} of {batch} samples have zero step std (noise level 0, or cps at σ' = 0): "
                 "a stored transition of a deterministic step has no log-prob to recompute"
             )
         next_state = prev_sample.float()  # [B, ...]
-    else:
-        if 0 < n_zero < batch:
-            raise ValueError(
-                f"{n_zero} of {batch} samples have zero step std (cps at σ' = 0): a batch must be all "
-                "stochastic or all deterministic"
-            )
-        assert noise is not None
-        next_state = mean + step_std * noise.float()  # [B, ...]
-        if n_zero == batch:
-            return StepOut(next=next_state, mean=mean, std=std_flat, log_prob=None)
 
     if sampler == "cps" and not exact_cps_logprob:
         log_prob = reference_cps_log_prob(next_state.detach(), mean)  # [B]
