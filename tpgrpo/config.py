@@ -1,0 +1,285 @@
+"""The experiment configuration: strict pydantic models loaded from one YAML file.
+
+Unknown keys are errors; `--set a.b=value` overrides are applied before validation; validation
+collects **every** problem (pydantic's field errors and the cross-field arithmetic checks of
+`problems()`) and raises one `ConfigError` listing them all, before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tpgrpo.errors import ConfigError
+
+EMBEDDED_MODEL = "embedded:tiny"
+"""`model.path` value naming the tiny checkpoint shipped inside the package."""
+
+SECRET_KEYS = ("key", "secret", "token", "session_token", "password")
+"""Storage option names whose values are credentials: never written anywhere."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    family: Literal["sd3", "flux"] = "sd3"
+    path: str = Field(EMBEDDED_MODEL, description="pipeline directory, hub id, or embedded:tiny")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    height: int = Field(64, gt=0)
+    width: int = Field(64, gt=0)
+    max_sequence_length: int = Field(14, gt=0, le=512, description="T5 tokens (SD3.5: 256)")
+    eval_batch: int = Field(16, gt=0, description="samples per forward outside training (the best batch)")
+
+
+class SamplingConfig(_Strict):
+    num_steps: int = Field(10, ge=2, description="T, steps of the training rollouts")
+    eval_steps: int = Field(40, ge=1, description="ODE steps of evaluation")
+    guidance_scale: float = Field(4.5, ge=0.0)
+    sampler: Literal["sde", "cps"] = "cps"
+    noise_level: float = Field(0.7, gt=0.0, le=1.0, description="a of SPEC §2")
+    window_start: int = Field(0, ge=0)
+    window_size: int | None = Field(None, ge=1, description="W; default T-1")
+    exact_cps_logprob: bool = True
+
+    @property
+    def window(self) -> tuple[int, int]:
+        return self.window_start, self.window_size if self.window_size is not None else self.num_steps - 1
+
+
+class RolloutConfig(_Strict):
+    prompts: str = Field("train", description="'train'/'test' (embedded sets) or a .jsonl/.txt prompt file")
+    prompts_per_batch: int = Field(4, ge=1, description="prompt groups per rollout batch (balancing scope)")
+    batches_per_iteration: int = Field(2, ge=1)
+    group_size: int = Field(8, ge=2, description="G, trajectories per prompt")
+    shards: int = Field(1, ge=1, description="GPU stages split over prompt groups into this many shards")
+
+
+class BranchConfig(_Strict):
+    chunk_size: int | None = Field(None, ge=1, description="samples per model call; null: measure once")
+    reuse_rollout_velocity: bool = Field(True, description="first ODE step of each branch from the rollout")
+
+
+class RewardConfig(_Strict):
+    spec: str | dict[str, Any] = Field("shapes", description="registered reward name or {name: ..., params}")
+    mode: Literal["flow_grpo", "incremental", "tp", "tp_constrained"] = "tp_constrained"
+    initial_step: bool = True
+    balance: bool = True
+
+
+class AdvantageConfig(_Strict):
+    std_scope: Literal["group", "batch"] = "group"
+    clip: float = Field(5.0, gt=0.0)
+    skip_zero: bool = Field(True, description="skip trajectories whose advantages are all zero")
+
+
+class UpdateConfig(_Strict):
+    lr: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    clip_range: float = Field(1e-4, gt=0.0, description="ε of the ratio clip")
+    kl_beta: float = Field(0.0, ge=0.0, description="β of the KL to the adapter-disabled base")
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    optimizer_steps: int = Field(2, ge=1, description="optimizer steps per iteration (per epoch)")
+    epochs: int = Field(1, ge=1, description="passes over an iteration's samples")
+    micro_batch: int = Field(32, ge=1, description="transitions per forward/backward")
+    ema_decay: float = Field(0.9, ge=0.0, lt=1.0)
+    ema_every: int = Field(8, ge=1, description="optimizer steps between EMA updates")
+
+
+class S3Config(_Strict):
+    endpoint_url: str | None = None
+    key: str | None = None
+    secret: str | None = None
+    region: str | None = None
+
+
+class StorageConfig(_Strict):
+    root: str = "./runs"
+    s3: S3Config = S3Config()
+    keep_latents: int | None = Field(
+        None, ge=1, description="keep latent tensors of the last N iterations only (null: all)"
+    )
+
+
+class FlowConfig(_Strict):
+    task_runner: Literal["threads", "dask"] = "threads"
+    dask_address: str | None = Field(None, description="scheduler address; null: a local cluster")
+    workers: int = Field(1, ge=1)
+    io_retries: int = Field(2, ge=0)
+
+
+class Config(_Strict):
+    name: str = Field("tiny", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    iterations: int = Field(4, ge=1)
+    model: ModelConfig = ModelConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    branch: BranchConfig = BranchConfig()
+    reward: RewardConfig = RewardConfig()
+    advantage: AdvantageConfig = AdvantageConfig()
+    update: UpdateConfig = UpdateConfig()
+    storage: StorageConfig = StorageConfig()
+    flow: FlowConfig = FlowConfig()
+
+    def problems(self) -> list[str]:
+        """Cross-field checks pydantic cannot express per field (batch arithmetic, the window)."""
+        out: list[str] = []
+        w0, w = self.sampling.window
+        t = self.sampling.num_steps
+        if w0 + w > t:
+            out.append(f"sampling: window [{w0}, {w0 + w}) runs past the {t} steps of the grid")
+        if self.sampling.sampler == "cps" and w0 + w > t - 1:
+            out.append(
+                "sampling: the cps sampler has zero noise at the last step; keep window_start + "
+                f"window_size ≤ num_steps − 1 = {t - 1}"
+            )
+        per_batch = self.rollout.prompts_per_batch * self.rollout.group_size
+        per_iter = per_batch * self.rollout.batches_per_iteration
+        if per_iter % self.update.optimizer_steps:
+            out.append(
+                f"update.optimizer_steps={self.update.optimizer_steps} does not divide the "
+                f"{per_iter} trajectories of an iteration (prompts_per_batch × group_size × batches)"
+            )
+        groups = self.rollout.prompts_per_batch * self.rollout.batches_per_iteration
+        if self.rollout.shards > groups:
+            out.append(
+                f"rollout.shards={self.rollout.shards} exceeds the {groups} prompt groups of an iteration"
+            )
+        if self.model.height % 16 or self.model.width % 16:
+            out.append(
+                f"model: height and width must be multiples of 16, got {self.model.height}×{self.model.width}"
+            )
+        if self.flow.task_runner != "dask" and self.flow.dask_address:
+            out.append("flow.dask_address is set but flow.task_runner is not 'dask'")
+        return out
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as plain data with every credential removed (for run.json and hashes)."""
+        data = self.model_dump(mode="json")
+        s3 = data["storage"]["s3"]
+        for key in SECRET_KEYS:
+            if s3.get(key) is not None:
+                s3[key] = "<redacted>"
+        return data
+
+    def hash(self) -> str:
+        """sha256 of the canonical public config (credentials excluded)."""
+        return hashlib.sha256(json.dumps(self.public_dict(), sort_keys=True).encode()).hexdigest()
+
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec/s3fs options from `storage.s3` (empty: the standard AWS environment applies)."""
+        s3 = self.storage.s3
+        opts: dict[str, Any] = {}
+        if s3.endpoint_url:
+            opts["endpoint_url"] = s3.endpoint_url
+        if s3.key:
+            opts["key"] = s3.key
+        if s3.secret:
+            opts["secret"] = s3.secret
+        if s3.region and not s3.endpoint_url:
+            opts["client_kwargs"] = {"region_name": s3.region}
+        return opts
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` → (["a", "b"], value parsed as YAML).
+
+    Raises:
+        ConfigError: no `=` or an empty key.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError([f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. update.lr=1e-4"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError([f"--set {text!r}: value is not valid YAML ({err})"]) from err
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `--set` overrides to raw config data (a copy)."""
+    out = json.loads(json.dumps(data))
+    problems = []
+    for text in overrides:
+        try:
+            path, value = parse_override(text)
+        except ConfigError as err:
+            problems.extend(err.problems)
+            continue
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                problems.append(f"--set {text!r}: {part!r} is not a section")
+                break
+            node = child
+        else:
+            node[path[-1]] = value
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _format_pydantic(err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            out.append(f"{where}: unknown key (check the spelling; see configs/tiny.yaml for every key)")
+        else:
+            out.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
+    return out
+
+
+def load_config_data(data: Any, overrides: Sequence[str] = ()) -> Config:
+    """Validate raw data (+ overrides) into a `Config`, reporting every problem at once."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"the config must be a mapping of sections, got {type(data).__name__}"])
+    data = apply_overrides(data, overrides)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_pydantic(err)) from None
+    problems = cfg.problems()
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config file (+ `--set` overrides).
+
+    Raises:
+        ConfigError: missing/unreadable file, invalid YAML, unknown keys, bad values — all listed.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            [f"config file {str(p)!r} not found; pass an existing YAML file (e.g. configs/tiny.yaml)"]
+        )
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{p}: not UTF-8 text ({err.reason} at byte {err.start})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{p}: invalid YAML: {err}"]) from None
+    return load_config_data(data, overrides)
