@@ -71,6 +71,8 @@ def encode_tensor(tensor: torch.Tensor) -> tuple[bytes, str, list[int]]:
     if name not in ITEMSIZE:
         raise ValueError(f"cannot store tensors of dtype {tensor.dtype}; supported: {sorted(ITEMSIZE)}")
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)  # [N]
+    if flat.numel() == 0:
+        return b"", name, [int(d) for d in tensor.shape]
     payload = flat.view(torch.uint8).numpy().tobytes()  # [N * itemsize] bytes, no value conversion
     return payload, name, [int(d) for d in tensor.shape]
 
@@ -99,6 +101,8 @@ def decode_tensor(data: bytes | bytearray | memoryview, dtype: str, shape: Seque
         raise DataError(
             f"tensor payload has {len(data)} bytes, expected {expected} for {dtype} {shape}: corrupted data"
         )
+    if expected == 0:
+        return torch.empty(shape, dtype=torch_dtype)
     raw = np.frombuffer(data, dtype=np.uint8).copy()  # [expected] bytes, writable
     return torch.from_numpy(raw).view(torch_dtype).reshape(shape)
 
@@ -148,5 +152,7 @@ def decode_tensor_column(data: pa.Table | pa.RecordBatch, name: str) -> torch.Te
     if not np.all(np.diff(offsets) == row_bytes):
         raise DataError(f"column {name!r} has payloads whose size does not match {dtype} {list(shape)}")
     start, end = int(offsets[0]), int(offsets[-1])
+    if row_bytes == 0:
+        return torch.empty((len(payload), *shape), dtype=torch_dtype)
     raw = np.frombuffer(data_buf, dtype=np.uint8)[start:end].copy()  # [N * row_bytes], one copy
     return torch.from_numpy(raw).view(torch_dtype).reshape(len(payload), *shape)

@@ -220,6 +220,7 @@ class _FsspecSink:
         discard = getattr(self._file, "discard", None)
         if callable(discard):
             discard()  # abandon the multipart upload: the object never appears
+            self._file.closed = True  # or its finaliser would try to upload the discarded buffer
         else:
             self._file.close()
         remove_file(self._fs, self._path)
