@@ -1,0 +1,88 @@
+"""The reward registry: name -> factory taking keyword parameters.
+
+`make_reward("shapes")` or `make_reward({"name": "shapes", **params})` builds a `Reward`. A
+factory imports its module only when called, so listing or validating rewards stays cheap; adding
+a reward is one line: `"name": lazy("tpgrpo.rewards.module:Factory")`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tpgrpo.errors import UserError
+from tpgrpo.rewards.base import Reward, RewardResult
+
+__all__ = ["REWARDS", "Reward", "RewardResult", "lazy", "make_reward"]
+
+
+def lazy(target: str) -> Callable[..., Reward]:
+    """A factory that imports `"package.module:name"` when called and calls it with the params.
+
+    Args:
+        target (`str`): where the real factory (a class or function) lives.
+
+    Returns:
+        `Callable[..., Reward]`: the lazy factory; `resolve(factory)` gives the real one.
+    """
+    module, _, name = target.partition(":")
+
+    def factory(**params: Any) -> Reward:
+        real: Callable[..., Reward] = getattr(importlib.import_module(module), name)
+        return real(**params)
+
+    factory.__qualname__ = factory.__name__ = f"lazy({target})"
+    factory.lazy_target = target  # type: ignore[attr-defined]
+    return factory
+
+
+def resolve(factory: Callable[..., Reward]) -> Callable[..., Reward]:
+    """The real factory behind a `lazy` one (imports its module), or the factory itself."""
+    target = getattr(factory, "lazy_target", None)
+    if target is None:
+        return factory
+    module, _, name = target.partition(":")
+    real: Callable[..., Reward] = getattr(importlib.import_module(module), name)
+    return real
+
+
+REWARDS: dict[str, Callable[..., Reward]] = {
+    "shapes": lazy("tpgrpo.rewards.shapes:ShapesReward"),
+}
+"""Registered rewards: name -> factory(**params)."""
+
+
+def make_reward(spec: str | Mapping[str, Any]) -> Reward:
+    """Build a registered reward.
+
+    Args:
+        spec (`str | Mapping`): a name (`"shapes"`) or `{"name": "shapes", **params}`.
+
+    Returns:
+        `Reward`: the reward.
+
+    Raises:
+        `UserError`: no name, an unknown name (lists the registered ones) or parameters the
+            factory does not take (lists the ones it takes).
+    """
+    if isinstance(spec, str):
+        name, params = spec, {}
+    elif isinstance(spec, Mapping):
+        params = dict(spec)
+        name = params.pop("name", None)
+        if not isinstance(name, str):
+            raise UserError(f"a reward spec needs a string 'name' key, got {dict(spec)!r}")
+    else:
+        raise UserError(f"a reward spec is a name or a mapping with 'name', got {spec!r}")
+    if name not in REWARDS:
+        raise UserError(f"unknown reward {name!r}; registered rewards: {sorted(REWARDS)}")
+    real = resolve(REWARDS[name])
+    signature = inspect.signature(real)
+    try:
+        signature.bind(**params)
+    except TypeError as e:
+        takes = [p for p in signature.parameters if p != "self"] or "no parameters"
+        raise UserError(f"reward {name!r}: bad parameters {sorted(params)} ({e}); it takes {takes}") from e
+    return REWARDS[name](**params)
