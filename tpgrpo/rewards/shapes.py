@@ -139,6 +139,8 @@ def score_detections(det: Detections, plans: Sequence[Plan]) -> RewardResult:
         `RewardResult`.
     """
     n = det.n_images
+    if len(plans) != n:
+        raise UserError(f"{len(plans)} prompts for {n} images")
     ok = det.shape >= 0  # recognised objects
     counts = np.zeros((n, len(COLOR_NAMES), len(SHAPES)), dtype=np.int64)  # [N, K, 3]
     np.add.at(counts, (det.image[ok], det.color[ok], det.shape[ok]), 1)
@@ -153,8 +155,6 @@ def score_detections(det: Detections, plans: Sequence[Plan]) -> RewardResult:
     score = np.zeros(n)
     strict = np.zeros(n, dtype=bool)
     details: list[dict[str, Any]] = []
-    if len(plans) != n:
-        raise UserError(f"{len(plans)} prompts for {n} images")
     for i, plan in enumerate(plans):
         found = [j for j in range(int(bounds[i]), int(bounds[i + 1])) if shape_l[j] >= 0]
         results: dict[str, float] = {}
