@@ -65,7 +65,7 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     reward = make_reward("shapes")
-    color_table()  # built once per process (~0.1 s); not part of the throughput
+    color_table()  # built once per process (a fraction of a second); not part of the throughput
     clean, prompts = sample_batch(rng, args.n)
     soft = ndimage.gaussian_filter(clean.astype(np.float64), (0, 1.0, 1.0, 0)) + rng.normal(0, 8, clean.shape)
     soft_u8 = np.clip(np.rint(soft), 0, 255).astype(np.uint8)
