@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import re
 import threading
@@ -110,6 +109,9 @@ class PartSink(Protocol):
     def tell(self) -> int:
         """Bytes written so far."""
 
+    def progress(self) -> None:
+        """Tells the sink that bytes were written (it may hash them meanwhile)."""
+
     def close(self) -> tuple[int, str]:
         """Makes the file durable and complete; returns `(size, sha256 hex)`."""
 
@@ -118,16 +120,28 @@ class PartSink(Protocol):
 
 
 class _LocalSink:
-    """Native pyarrow output stream; on close, fsync and SHA-256 run in parallel.
+    """Native pyarrow output stream, hashed alongside by a thread that follows the file as it grows.
 
-    Hashing after the fact reads the file back from the page cache through `mmap` (no copy) while
-    another thread waits for the disk in `fsync`; on two cores this costs little beyond the raw
-    write, where hashing inside the write path would add a copy per write and serialise the hash.
+    The Parquet writer only appends, so every byte below the file's current size is final. A
+    follower thread reads those bytes back from the page cache (`preadv` into one reused buffer)
+    and feeds SHA-256 while pyarrow encodes and the kernel writes back, both without the GIL; on
+    close, `fsync` and the last stretch of hashing overlap too. Hashing inside the write path
+    instead would add a copy per write and serialise the hash with the writes.
     """
+
+    _CHUNK = 8 << 20
 
     def __init__(self, path: str):
         self._path = path
         self._stream = pafs.LocalFileSystem().open_output_stream(path)
+        self._fd = os.open(path, os.O_RDONLY)
+        self._digest = hashlib.sha256()
+        self._hashed = 0
+        self._done = threading.Event()
+        self._wake = threading.Event()
+        self._errors: list[OSError] = []
+        self._follower = threading.Thread(target=self._follow, name="tpgrpo-part-hash", daemon=True)
+        self._follower.start()
 
     @property
     def stream(self) -> Any:
@@ -136,35 +150,54 @@ class _LocalSink:
     def tell(self) -> int:
         return int(self._stream.tell())
 
+    def progress(self) -> None:
+        """Wakes the hashing thread (new bytes were written)."""
+        self._wake.set()
+
+    def _follow(self) -> None:
+        buffer = memoryview(bytearray(self._CHUNK))
+        try:
+            while True:
+                finished = self._done.is_set()  # read before the size: then the size is final
+                size = os.fstat(self._fd).st_size
+                while self._hashed < size:
+                    n = os.preadv(self._fd, [buffer[: min(self._CHUNK, size - self._hashed)]], self._hashed)
+                    if n <= 0:
+                        break
+                    self._digest.update(buffer[:n])  # releases the GIL
+                    self._hashed += n
+                if finished:
+                    return
+                self._wake.wait(0.02)
+                self._wake.clear()
+        except OSError as error:
+            self._errors.append(error)
+
+    def _stop(self) -> None:
+        self._done.set()
+        self._wake.set()
+        self._follower.join()
+        os.close(self._fd)
+
     def close(self) -> tuple[int, str]:
         self._stream.close()
-        size = os.path.getsize(self._path)
-        fd = os.open(self._path, os.O_RDONLY)
+        self._done.set()
+        self._wake.set()
         try:
-            errors: list[OSError] = []
-
-            def sync() -> None:
-                try:
-                    os.fsync(fd)
-                except OSError as error:
-                    errors.append(error)
-
-            syncer = threading.Thread(target=sync, name="tpgrpo-fsync")
-            syncer.start()
-            digest = hashlib.sha256()
-            if size:
-                with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
-                    digest.update(mapped)  # releases the GIL; runs alongside fsync
-            syncer.join()
-            if errors:
-                raise errors[0]
+            os.fsync(self._fd)  # waits for the disk while the follower hashes the rest
         finally:
-            os.close(fd)
-        return size, digest.hexdigest()
+            self._stop()
+        if self._errors:
+            raise self._errors[0]
+        size = os.path.getsize(self._path)
+        if self._hashed != size:
+            raise OSError(f"hashed {self._hashed} of {size} bytes of {self._path}")
+        return size, self._digest.hexdigest()
 
     def abort(self) -> None:
         if not self._stream.closed:
             self._stream.close()
+        self._stop()
         if os.path.exists(self._path):
             os.remove(self._path)
 
@@ -210,6 +243,9 @@ class _FsspecSink:
 
     def tell(self) -> int:
         return self._hashing.tell()
+
+    def progress(self) -> None:
+        pass  # hashed as it is written
 
     def close(self) -> tuple[int, str]:
         self._file.close()

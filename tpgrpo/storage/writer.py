@@ -170,6 +170,8 @@ class DatasetWriter:
             writer = self._writer if self._writer is not None else self._open_part()
             chunk = table.slice(start, min(group, self._room()))
             writer.write_table(chunk, row_group_size=chunk.num_rows)
+            assert self._sink is not None
+            self._sink.progress()
             self._part_rows += chunk.num_rows
             start += chunk.num_rows
         self._elapsed += time.perf_counter() - start_time
