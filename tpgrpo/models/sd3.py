@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from tpgrpo.models.conditioning import Conditioning
+from tpgrpo.models.vae import decode_latents, encode_pixels
 
 # the attention projections Flow-GRPO / TP-GRPO adapt in SD3 joint blocks (image and context streams)
 SD3_LORA_TARGETS: tuple[str, ...] = (
@@ -122,19 +123,10 @@ class SD3Policy:
         v_u, v_c = both.chunk(2)  # [B, C, h, w] each
         return v_u + guidance_scale * (v_c - v_u)
 
-    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Decode latents `[B, C, h, w]` to uint8 images `[B, H, W, 3]`."""
-        vae = self.pipeline.vae
-        z = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        images = vae.decode(z, return_dict=False)[0].float()  # [B, 3, H, W] in [-1, 1]
-        images = ((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        return images.permute(0, 2, 3, 1).cpu().numpy()  # [B, H, W, 3]
+        return decode_latents(self.pipeline.vae, latents)
 
-    @torch.no_grad()
     def encode_images(self, images: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
         """Encode uint8 images `[B, H, W, 3]` to scaled latents `[B, C, h, w]` (sampled posterior)."""
-        vae = self.pipeline.vae
-        x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        latents = vae.encode(x.to(vae.dtype)).latent_dist.sample(generator)
-        return (latents.float() - vae.config.shift_factor) * vae.config.scaling_factor
+        return encode_pixels(self.pipeline.vae, images, self.device, generator)
