@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from tpgrpo.errors import DataError, UserError
 from tpgrpo.schemas import SCHEMAS, SchemaRef, schema_for
-from tpgrpo.storage.files import arrow_filesystem, list_files
+from tpgrpo.storage.files import arrow_filesystem, is_local, list_files
 from tpgrpo.storage.manifest import Manifest, load_manifest, read_manifest
 from tpgrpo.storage.parts import is_data_file
 from tpgrpo.storage.uri import filesystem_for
@@ -109,7 +109,11 @@ def _open(
 ) -> tuple[ds.Dataset, Manifest]:
     fs, path, manifest, schema = _finished(uri, schema_name, storage_options)
     files = [f"{path}/{p.path}" for p in manifest.parts]
-    return ds.dataset(files, schema=schema, format="parquet", filesystem=arrow_filesystem(fs)), manifest
+    # pre-buffering coalesces the many small range reads that cost a round trip each on S3; on
+    # local disk it only adds a copy of every column chunk (measured: ~1.5x slower on blobs)
+    options = ds.ParquetFragmentScanOptions(pre_buffer=not is_local(fs))
+    fmt = ds.ParquetFileFormat(default_fragment_scan_options=options)
+    return ds.dataset(files, schema=schema, format=fmt, filesystem=arrow_filesystem(fs)), manifest
 
 
 def _check_columns(schema_name: str, columns: Sequence[str] | None) -> list[str] | None:
