@@ -1,0 +1,71 @@
+"""Options and helpers every command shares: the runs root, loading a stored run's config."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tpgrpo.errors import UserError
+
+DEFAULT_CONFIG = "configs/tiny.yaml"
+
+RootOption = Annotated[
+    str | None,
+    typer.Option(
+        "--root", help="Runs root: local path or s3://bucket/prefix [env TPGRPO_ROOT; default ./runs]"
+    ),
+]
+RunOption = Annotated[str, typer.Option("--run", help="Run id (a folder under the runs root)")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set update.lr=1e-4 (repeatable)"),
+]
+
+
+def resolve_root(root: str | None, config_root: str | None = None) -> str:
+    """--root, else $TPGRPO_ROOT, else the config's storage.root, else ./runs."""
+    return root or os.environ.get("TPGRPO_ROOT") or config_root or "./runs"
+
+
+def default_config_path() -> str:
+    """`configs/tiny.yaml` of the working directory, else the one next to the package (checkout)."""
+    if Path(DEFAULT_CONFIG).is_file():
+        return DEFAULT_CONFIG
+    beside = Path(__file__).resolve().parents[2] / DEFAULT_CONFIG
+    return str(beside) if beside.is_file() else DEFAULT_CONFIG
+
+
+def load_run(run_id: str, root: str | None) -> Any:
+    """The `RunContext` of a stored run, its config read back from `run.json`.
+
+    Raises:
+        UserError: no such run (lists the runs there are).
+    """
+    from tpgrpo.config import load_config_data
+    from tpgrpo.flows.steps import RunContext
+    from tpgrpo.storage import RunLayout, list_runs
+    from tpgrpo.storage.files import exists, read_bytes
+    from tpgrpo.storage.uri import filesystem_for
+
+    base = resolve_root(root)
+    layout = RunLayout(base, run_id)
+    fs, path = filesystem_for(layout.run_json())
+    if not exists(fs, path):
+        known = list_runs(base)
+        hint = f"runs under {base}: {', '.join(known)}" if known else f"no runs under {base}"
+        raise UserError(f"unknown run {run_id!r} ({hint}); pass --run with one of them, or --root")
+    data = json.loads(read_bytes(fs, path))["config"]
+    s3 = data.get("storage", {}).get("s3", {})
+    for key, value in list(s3.items()):
+        if value == "<redacted>":  # credentials are never stored: the AWS environment supplies them
+            s3[key] = None
+    cfg = load_config_data(data)
+    return RunContext.create(cfg, run_id, base)
+
+
+def echo(message: str) -> None:
+    typer.echo(message)

@@ -1,0 +1,53 @@
+"""`tpgrpo config validate|show`: check a config before any work, or print it resolved."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from tpgrpo.cli.common import SetOption, echo
+
+app = typer.Typer(help="Validate or show experiment configs.", no_args_is_help=True)
+
+
+@app.command("validate")
+def validate(
+    config: Annotated[str, typer.Argument(help="Experiment YAML")],
+    overrides: SetOption = None,
+) -> None:
+    """Validate a config: every problem is listed at once; exit code 2 if any."""
+    from tpgrpo.config import load_config
+    from tpgrpo.rewards import make_reward
+    from tpgrpo.stages.prompts import check_prompts_for_reward, read_prompt_source
+
+    cfg = load_config(config, overrides or [])
+    make_reward(cfg.reward.spec)  # raises UserError on unknown rewards / bad params
+    problems = check_prompts_for_reward(read_prompt_source(cfg.rollout.prompts), cfg.reward.spec)
+    if problems:
+        from tpgrpo.errors import ConfigError
+
+        raise ConfigError(problems)
+    w0, w = cfg.sampling.window
+    groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
+    echo(f"{config}: valid")
+    echo(
+        f"  {cfg.model.family} model {cfg.model.path}; T={cfg.sampling.num_steps}, window [{w0}, {w0 + w}), "
+        f"{cfg.sampling.sampler} a={cfg.sampling.noise_level}"
+    )
+    echo(
+        f"  {groups} prompt groups × G={cfg.rollout.group_size} per iteration; reward {cfg.reward.spec}, "
+        f"mode {cfg.reward.mode}"
+    )
+
+
+@app.command("show")
+def show(
+    config: Annotated[str, typer.Argument(help="Experiment YAML")],
+    overrides: SetOption = None,
+) -> None:
+    """Print the resolved config (defaults filled in, credentials redacted) as JSON."""
+    from tpgrpo.config import load_config
+
+    echo(json.dumps(load_config(config, overrides or []).public_dict(), indent=2))

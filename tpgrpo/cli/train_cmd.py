@@ -1,0 +1,70 @@
+"""`tpgrpo train` and `tpgrpo stage`: run or resume training, or one stage of one iteration."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tpgrpo.cli.common import (
+    RootOption,
+    RunOption,
+    SetOption,
+    default_config_path,
+    echo,
+    load_run,
+    resolve_root,
+)
+
+
+def train(
+    config: Annotated[
+        str | None, typer.Argument(help="Experiment YAML [default: configs/tiny.yaml, the embedded demo]")
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Run id [default: the config's name]; same id resumes")
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", min=1, help="Iterations to reach [default: the config's]")
+    ] = None,
+    overrides: SetOption = None,
+    root: RootOption = None,
+) -> None:
+    """Train (or resume) a TP-GRPO run: rollout → branch → score → annotate → update per iteration.
+
+    Running the same command again resumes: finished stages are skipped, crash debris is redone.
+    """
+    from tpgrpo.config import load_config
+    from tpgrpo.flows.train import train as run_train
+
+    cfg = load_config(config or default_config_path(), overrides or [])
+    base = resolve_root(root, cfg.storage.root)
+    result = run_train(cfg, run_id=run_id, iterations=iterations, root=base)
+    run_dir = result["run_dir"]
+    echo(f"run finished: {result['iterations']} iteration(s) in {run_dir}")
+    echo(f"  datasets:  {run_dir}/iter=NNNN/{{rollouts,branches,rewards,annotations,updates}}")
+    echo(f"  adapters:  {run_dir}/checkpoints/")
+    echo(f"  inspect:   tpgrpo runs show {run_id or cfg.name} --root {base}")
+
+
+def stage(
+    name: Annotated[str, typer.Argument(help="rollout | branch | score | annotate | update")],
+    run: RunOption,
+    iteration: Annotated[int, typer.Option("--iter", min=0, help="Iteration index")],
+    force: Annotated[bool, typer.Option("--force", help="Replace a finished output")] = False,
+    root: RootOption = None,
+) -> None:
+    """Run one stage of one iteration of a stored run (skipped when already finished)."""
+    from tpgrpo.errors import UserError
+    from tpgrpo.flows.steps import STAGES, run_stage
+
+    if name not in STAGES:
+        raise UserError(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}")
+    ctx = load_run(run, root)
+    if iteration >= ctx.cfg.iterations:
+        raise UserError(
+            f"iteration {iteration} is outside run {run!r} (iterations 0 … {ctx.cfg.iterations - 1})"
+        )
+    manifest = run_stage(ctx, name, iteration, force=force, log=echo)
+    rows = getattr(manifest, "rows", None)
+    echo(f"{name} it{iteration}: finished" + (f" ({rows} rows)" if rows is not None else ""))

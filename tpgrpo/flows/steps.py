@@ -1,0 +1,475 @@
+"""One iteration's stages as plain functions: plan (skip / redo / write), run shards, finalize.
+
+Shared by the Prefect flows (which wrap them in tasks) and the `tpgrpo stage` command. Every
+step is idempotent: a finished output whose manifest matches its inputs' hashes and the stage's
+config hash is skipped; debris of a crash is cleared and redone; a finished output built from
+other inputs is refused unless `force`. Stages never build paths: every URI comes from `RunLayout`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tpgrpo.algorithm import AnnotationConfig
+from tpgrpo.config import Config, ModelConfig
+from tpgrpo.errors import ConfigError, DataError, UserError
+from tpgrpo.stages import annotate, branch, rollout, score, update
+from tpgrpo.stages.checkpoints import initial_state, load_adapter, load_checkpoint, write_checkpoint
+from tpgrpo.stages.common import annotate_config_hash, score_config_hash, shard_groups, stage_config_hash
+from tpgrpo.stages.prompts import check_prompts_for_reward, read_prompt_source
+from tpgrpo.storage import (
+    RunLayout,
+    finalize_dataset,
+    manifest_hash,
+    prepare_output,
+    read_manifest,
+    write_dataset,
+)
+from tpgrpo.storage.blobs import blob_state, clear_blobs, read_blob_manifest
+from tpgrpo.storage.files import exists, read_bytes, write_atomic
+from tpgrpo.storage.provenance import code_version
+from tpgrpo.storage.uri import filesystem_for
+
+STAGES = ("rollout", "branch", "score", "annotate", "update")
+
+Log = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    return None
+
+
+# --- context -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunContext:
+    """Everything a step needs: the config and where the run lives."""
+
+    cfg: Config
+    layout: RunLayout
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, cfg: Config, run_id: str, root: str | None = None) -> RunContext:
+        opts = cfg.storage_options()
+        return cls(cfg, RunLayout(root or cfg.storage.root, run_id, opts), opts)
+
+    def policy(self) -> Any:
+        """The policy with a LoRA adapter (loaded once per process and model config)."""
+        u = self.cfg.update
+        return _policy(self.cfg.model.model_dump_json(), u.lora_rank, u.lora_alpha, self.cfg.seed)
+
+    def reward(self, spec: Any = None) -> Any:
+        """The reward of `spec` (default: the config's), built once per process."""
+        return _reward(json.dumps(self.cfg.reward.spec if spec is None else spec, sort_keys=True))
+
+    def reward_key(self, spec: Any = None) -> str:
+        return str(self.reward(spec).key)
+
+
+_INITIAL_ADAPTERS: dict[int, bytes] = {}
+
+
+@functools.lru_cache(maxsize=2)
+def _policy(model_json: str, rank: int, alpha: float, seed: int) -> Any:
+    from tpgrpo.models.factory import load_policy
+    from tpgrpo.models.lora import adapter_to_bytes, add_lora
+
+    policy = load_policy(ModelConfig.model_validate_json(model_json))
+    add_lora(policy, rank=rank, alpha=alpha, seed=seed)
+    _INITIAL_ADAPTERS[id(policy)] = adapter_to_bytes(policy.transformer)  # what checkpoint 0 holds
+    return policy
+
+
+@functools.lru_cache(maxsize=4)
+def _reward(spec_json: str) -> Any:
+    from tpgrpo.rewards import make_reward
+
+    return make_reward(json.loads(spec_json))
+
+
+# --- run start -----------------------------------------------------------------------------------
+
+
+def init_run(ctx: RunContext, log: Log = _quiet) -> None:
+    """Create the run (run.json, prompts, checkpoint 0) or check that it is the same run.
+
+    Raises:
+        UserError: the run id exists with another config (pick another `--run-id`).
+        ConfigError: the prompt set is unreadable or the reward cannot score its prompts.
+    """
+    cfg, layout, opts = ctx.cfg, ctx.layout, ctx.storage_options
+    fs, path = filesystem_for(layout.run_json(), opts)
+    if exists(fs, path):
+        stored = json.loads(read_bytes(fs, path))
+        if stored.get("config_hash") != cfg.hash():
+            raise UserError(
+                f"run {layout.run_id!r} already exists with a different config (see {layout.run_json()}); "
+                "use another --run-id, or the same config to resume it"
+            )
+    else:
+        rows = read_prompt_source(cfg.rollout.prompts)
+        problems = check_prompts_for_reward(rows, cfg.reward.spec)
+        if problems:
+            raise ConfigError(problems)
+        record = {
+            "run_id": layout.run_id,
+            "config": cfg.public_dict(),
+            "config_hash": cfg.hash(),
+            "code_version": code_version(),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        write_atomic(fs, path, json.dumps(record, indent=1).encode())
+        log(f"created run {layout.run_id} at {layout.run_dir}")
+    prompts_hash = stage_config_hash(cfg, "prompts")
+    decision = prepare_output(
+        layout.prompts(), inputs={}, config_hash=prompts_hash, schema_name="prompts", storage_options=opts
+    )
+    if decision == "write":
+        rows = read_prompt_source(cfg.rollout.prompts)
+        cols = {k: [r[k] for r in rows] for k in ("prompt_id", "prompt", "task", "spec", "split")}
+        write_dataset(
+            layout.prompts(), "prompts", cols, inputs={}, config_hash=prompts_hash, storage_options=opts
+        )
+    ckpt0 = layout.checkpoint(0)
+    state = blob_state(ckpt0, opts)
+    if state != "done":
+        from tpgrpo.models.lora import adapter_from_bytes
+
+        if state == "debris":
+            clear_blobs(ckpt0, opts)
+        policy = ctx.policy()
+        adapter_from_bytes(policy.transformer, _INITIAL_ADAPTERS[id(policy)])
+        optimizer, ema, train_state = initial_state(cfg, policy)
+        write_checkpoint(
+            ckpt0,
+            policy,
+            optimizer,
+            ema,
+            train_state,
+            inputs={},
+            config_hash=stage_config_hash(cfg, "update"),
+            storage_options=opts,
+        )
+        log("wrote the initial adapter (checkpoint 0)")
+
+
+# --- plans: where a stage writes, what it reads, and whether it must run ----------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A dataset stage's output, its inputs' manifest hashes and its config hash."""
+
+    stage: str
+    iteration: int
+    output: str
+    schema: str
+    inputs: dict[str, str]
+    config_hash: str
+
+
+def _hash(ctx: RunContext, uri: str) -> str:
+    return manifest_hash(uri, ctx.storage_options)
+
+
+def _ckpt_hash(ctx: RunContext, iteration: int) -> str:
+    return read_blob_manifest(ctx.layout.checkpoint(iteration), ctx.storage_options).hash
+
+
+def plan(ctx: RunContext, stage: str, iteration: int, *, spec: Any = None, mode: str | None = None) -> Plan:
+    """The plan of a dataset stage; raises `DataError` when an input is not finished yet."""
+    layout, cfg = ctx.layout, ctx.cfg
+    if stage == "rollout":
+        inputs = {"prompts": _hash(ctx, layout.prompts()), "checkpoint": _ckpt_hash(ctx, iteration)}
+        return Plan(
+            stage, iteration, layout.rollouts(iteration), "rollouts", inputs, stage_config_hash(cfg, stage)
+        )
+    if stage == "branch":
+        inputs = {"rollouts": _hash(ctx, layout.rollouts(iteration))}
+        return Plan(
+            stage, iteration, layout.branches(iteration), "branches", inputs, stage_config_hash(cfg, stage)
+        )
+    spec = cfg.reward.spec if spec is None else spec
+    key = ctx.reward_key(spec)
+    if stage == "score":
+        inputs = {"branches": _hash(ctx, layout.branches(iteration))}
+        return Plan(
+            stage, iteration, layout.rewards(iteration, key), "rewards", inputs, score_config_hash(spec)
+        )
+    if stage == "annotate":
+        mode = mode or cfg.reward.mode
+        inputs = {
+            "rewards": _hash(ctx, layout.rewards(iteration, key)),
+            "rollouts": _hash(ctx, layout.rollouts(iteration)),
+        }
+        out = layout.annotations(iteration, key, mode)
+        return Plan(stage, iteration, out, "annotations", inputs, annotate_config_hash(cfg, mode))
+    raise UserError(f"unknown dataset stage {stage!r}; choose one of {list(STAGES)}")
+
+
+def prepare(ctx: RunContext, p: Plan, force: bool = False) -> str:
+    """ "skip" or "write" (debris and forced outputs cleared); raises on stale outputs."""
+    return prepare_output(
+        p.output,
+        inputs=p.inputs,
+        config_hash=p.config_hash,
+        schema_name=p.schema,
+        force=force,
+        storage_options=ctx.storage_options,
+    )
+
+
+# --- sharded model stages -----------------------------------------------------------------------
+
+
+def rollout_shard(
+    ctx: RunContext, p: Plan, shard: int, num_shards: int, spec: Any = None
+) -> dict[str, float]:
+    policy = ctx.policy()
+    load_adapter(ctx.layout.checkpoint(p.iteration), policy, storage_options=ctx.storage_options)
+    return rollout.run_shard(
+        ctx.cfg,
+        policy,
+        run_id=ctx.layout.run_id,
+        iteration=p.iteration,
+        prompts_uri=ctx.layout.prompts(),
+        output=p.output,
+        shard=shard,
+        num_shards=num_shards,
+        storage_options=ctx.storage_options,
+    )
+
+
+def branch_shard(ctx: RunContext, p: Plan, shard: int, num_shards: int, spec: Any = None) -> dict[str, float]:
+    policy = ctx.policy()
+    load_adapter(ctx.layout.checkpoint(p.iteration), policy, storage_options=ctx.storage_options)
+    return branch.run_shard(
+        ctx.cfg,
+        policy,
+        iteration=p.iteration,
+        rollouts_uri=ctx.layout.rollouts(p.iteration),
+        output=p.output,
+        shard=shard,
+        num_shards=num_shards,
+        storage_options=ctx.storage_options,
+    )
+
+
+def score_shard(ctx: RunContext, p: Plan, shard: int, num_shards: int, spec: Any = None) -> dict[str, float]:
+    groups = ctx.cfg.rollout.prompts_per_batch * ctx.cfg.rollout.batches_per_iteration
+    g = ctx.cfg.rollout.group_size
+    tids = [gr * g + m for gr in shard_groups(groups, shard, num_shards) for m in range(g)]
+    return score.run_shard(
+        ctx.reward(spec),
+        iteration=p.iteration,
+        rollouts_uri=ctx.layout.rollouts(p.iteration),
+        branches_uri=ctx.layout.branches(p.iteration),
+        output=p.output,
+        trajectory_ids=tids if num_shards > 1 else None,
+        shard=shard,
+        storage_options=ctx.storage_options,
+    )
+
+
+SHARD_FUNCS: dict[str, Callable[..., dict[str, float]]] = {
+    "rollout": rollout_shard,
+    "branch": branch_shard,
+    "score": score_shard,
+}
+
+
+def finalize(ctx: RunContext, p: Plan, stats: list[dict[str, float]]) -> Any:
+    """Write the manifest of a sharded stage, with its shards' summed stats."""
+    total = {k: sum(s.get(k, 0.0) for s in stats) for k in stats[0]} if stats else {}
+    metrics: dict[str, Any] = {k: v for k, v in total.items() if k not in ("seconds", "model_evals")}
+    if p.stage == "score" and total.get("images"):
+        metrics["score_mean"] = total["score_sum"] / total["images"]
+        if total.get("strict_count"):
+            metrics["strict_mean"] = total["strict_sum"] / total["strict_count"]
+    return finalize_dataset(
+        p.output,
+        p.schema,
+        inputs=p.inputs,
+        config_hash=p.config_hash,
+        model_evals=int(total.get("model_evals", 0)),
+        metrics=metrics,
+        timings={"compute_s": total.get("seconds", 0.0)},
+        shards=len(stats),
+        storage_options=ctx.storage_options,
+    )
+
+
+def sharded_step(
+    ctx: RunContext, stage: str, iteration: int, force: bool = False, log: Log = _quiet, spec: Any = None
+) -> Any:
+    """A sharded stage in this process (shards one after another): the CLI's path."""
+    p = plan(ctx, stage, iteration, spec=spec)
+    if prepare(ctx, p, force) == "skip":
+        log(f"{stage} it{iteration}: done, skipped")
+        return read_manifest(p.output, ctx.storage_options)
+    n = ctx.cfg.rollout.shards
+    manifest = finalize(ctx, p, [SHARD_FUNCS[stage](ctx, p, s, n, spec) for s in range(n)])
+    log(f"{stage} it{iteration}: {manifest.rows} rows, {manifest.model_evals} model evaluations")
+    return manifest
+
+
+# --- annotate and update ----------------------------------------------------------------------
+
+
+def annotate_step(
+    ctx: RunContext,
+    iteration: int,
+    force: bool = False,
+    log: Log = _quiet,
+    spec: Any = None,
+    mode: str | None = None,
+) -> Any:
+    """Annotate one iteration with `mode` (default: the config's) from the scores of `spec`."""
+    mode = mode or ctx.cfg.reward.mode
+    p = plan(ctx, "annotate", iteration, spec=spec, mode=mode)
+    if prepare(ctx, p, force) == "skip":
+        log(f"annotate it{iteration} ({mode}): done, skipped")
+        return read_manifest(p.output, ctx.storage_options)
+    r = ctx.cfg.reward
+    summary = annotate.run(
+        iteration=iteration,
+        config=AnnotationConfig(mode=mode, initial_step=r.initial_step, balance=r.balance),
+        adv_cfg=ctx.cfg.advantage,
+        rewards_uri=ctx.layout.rewards(iteration, ctx.reward_key(spec)),
+        rollouts_uri=ctx.layout.rollouts(iteration),
+        output=p.output,
+        storage_options=ctx.storage_options,
+    )
+    seconds = summary.pop("seconds")
+    manifest = finalize_dataset(
+        p.output,
+        p.schema,
+        inputs=p.inputs,
+        config_hash=p.config_hash,
+        metrics=summary,
+        timings={"compute_s": seconds},
+        shards=1,
+        storage_options=ctx.storage_options,
+    )
+    log(
+        f"annotate it{iteration} ({mode}): {summary['turning_points']} turning points, {summary['kept']} kept"
+    )
+    return manifest
+
+
+UPDATE_COLUMNS = (
+    "iteration",
+    "optimizer_step",
+    "loss",
+    "policy_loss",
+    "kl",
+    "clip_frac",
+    "approx_kl",
+    "ratio_mean",
+    "grad_norm",
+    "lr",
+    "epoch",
+    "samples",
+)
+
+
+def update_step(ctx: RunContext, iteration: int, force: bool = False, log: Log = _quiet) -> Any:
+    """Train on `iteration`: writes its `updates` dataset and checkpoint `iteration + 1`.
+
+    Done when both exist and match the inputs; otherwise both are redone (checkpoint cleared
+    first, so a crash leaves debris, never a finished-looking checkpoint of other inputs).
+    """
+    cfg, layout, opts = ctx.cfg, ctx.layout, ctx.storage_options
+    key, mode = ctx.reward_key(), cfg.reward.mode
+    inputs = {
+        "rollouts": _hash(ctx, layout.rollouts(iteration)),
+        "annotations": _hash(ctx, layout.annotations(iteration, key, mode)),
+        "checkpoint": _ckpt_hash(ctx, iteration),
+    }
+    chash = stage_config_hash(cfg, "update")
+    ckpt_out, updates_out = layout.checkpoint(iteration + 1), layout.updates(iteration)
+    state = blob_state(ckpt_out, opts)
+    if state == "done":
+        existing = read_blob_manifest(ckpt_out, opts)
+        same = existing.inputs == inputs and existing.config_hash == chash
+        if not same and not force:
+            raise DataError(
+                f"{ckpt_out} was trained from other inputs or config than this run's; "
+                "rerun with --force to replace it"
+            )
+        upd = prepare_output(
+            updates_out, inputs=inputs, config_hash=chash, schema_name="updates", storage_options=opts
+        )
+        if same and upd == "skip" and not force:
+            log(f"update it{iteration}: done, skipped")
+            return existing
+    if state != "missing":
+        clear_blobs(ckpt_out, opts)
+    prepare_output(
+        updates_out, inputs=inputs, config_hash=chash, schema_name="updates", force=True, storage_options=opts
+    )
+
+    from tpgrpo.models.state import rng_state
+
+    policy = ctx.policy()
+    optimizer, ema, train_state, _ = load_checkpoint(
+        layout.checkpoint(iteration), cfg, policy, storage_options=opts
+    )
+    started = time.perf_counter()
+    rows, stats = update.run(
+        cfg,
+        policy,
+        optimizer,
+        ema,
+        train_state,
+        iteration=iteration,
+        rollouts_uri=layout.rollouts(iteration),
+        annotations_uri=layout.annotations(iteration, key, mode),
+        storage_options=opts,
+    )
+    train_state.iteration = iteration + 1
+    train_state.rng = rng_state()
+    metrics = update.summarize(rows)
+    write_dataset(
+        updates_out,
+        "updates",
+        {k: [r[k] for r in rows] for k in UPDATE_COLUMNS},
+        inputs=inputs,
+        config_hash=chash,
+        model_evals=int(stats["model_evals"]),
+        metrics=metrics,
+        timings={"compute_s": time.perf_counter() - started},
+        storage_options=opts,
+    )
+    manifest = write_checkpoint(
+        ckpt_out, policy, optimizer, ema, train_state, inputs=inputs, config_hash=chash, storage_options=opts
+    )
+    log(f"update it{iteration}: {len(rows)} optimizer steps, mean loss {metrics.get('loss_mean', 0.0):.4g}")
+    return manifest
+
+
+def run_stage(
+    ctx: RunContext,
+    stage: str,
+    iteration: int,
+    force: bool = False,
+    log: Log = _quiet,
+    spec: Any = None,
+    mode: str | None = None,
+) -> Any:
+    """Run one stage of one iteration in this process (the `tpgrpo stage` command)."""
+    if stage in SHARD_FUNCS:
+        return sharded_step(ctx, stage, iteration, force, log, spec=spec)
+    if stage == "annotate":
+        return annotate_step(ctx, iteration, force, log, spec=spec, mode=mode)
+    if stage == "update":
+        return update_step(ctx, iteration, force, log)
+    raise UserError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")

@@ -1,0 +1,152 @@
+"""The `train` flow: iterations of rollout → branch → score → annotate → update, resumable.
+
+Wiring only: each stage is a Prefect task around a step of `flows/steps.py`. The sharded model
+stages map their shards over the configured task runner (threads locally, a Dask cluster with
+`flow.task_runner: dask`). Tasks retry only on I/O errors (storage, network); a compute error
+fails the run at once. Resuming is the stages' own idempotence — never Prefect's result cache:
+run the same command again and finished stages are skipped, debris is redone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from prefect import flow, task, unmapped
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from tpgrpo.config import Config
+from tpgrpo.flows import steps
+from tpgrpo.flows.runner import task_runner_for
+from tpgrpo.flows.steps import Plan, RunContext
+from tpgrpo.storage import drop_latents
+from tpgrpo.storage.lock import run_lock
+
+
+def retry_on_io(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a task only when it failed on I/O (storage or network), never on a compute error."""
+    try:
+        state.result()
+    except (OSError, TimeoutError, ConnectionError):
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+def _log(message: str) -> None:
+    get_run_logger().info(message)
+
+
+_TASK = dict(
+    cache_policy=NO_CACHE, retry_condition_fn=retry_on_io, retry_delay_seconds=2, persist_result=False
+)
+
+
+@task(name="init-run", **_TASK)  # type: ignore[call-overload]
+def init_task(ctx: RunContext) -> None:
+    steps.init_run(ctx, _log)
+
+
+@task(name="prepare", **_TASK)  # type: ignore[call-overload]
+def prepare_task(ctx: RunContext, stage: str, iteration: int) -> tuple[Plan, str]:
+    p = steps.plan(ctx, stage, iteration)
+    return p, steps.prepare(ctx, p)
+
+
+@task(name="shard", **_TASK)  # type: ignore[call-overload]
+def shard_task(ctx: RunContext, p: Plan, shard: int, num_shards: int) -> dict[str, float]:
+    return steps.SHARD_FUNCS[p.stage](ctx, p, shard, num_shards)
+
+
+@task(name="finalize", **_TASK)  # type: ignore[call-overload]
+def finalize_task(ctx: RunContext, p: Plan, stats: list[dict[str, float]]) -> dict[str, Any]:
+    manifest = steps.finalize(ctx, p, stats)
+    return {"rows": manifest.rows, "model_evals": manifest.model_evals, "metrics": manifest.metrics}
+
+
+@task(name="annotate", **_TASK)  # type: ignore[call-overload]
+def annotate_task(ctx: RunContext, iteration: int) -> dict[str, Any]:
+    return dict(steps.annotate_step(ctx, iteration, log=_log).metrics)
+
+
+@task(name="update", **_TASK)  # type: ignore[call-overload]
+def update_task(ctx: RunContext, iteration: int) -> None:
+    steps.update_step(ctx, iteration, log=_log)
+
+
+def sharded_stage(ctx: RunContext, stage: str, iteration: int) -> None:
+    """prepare → shards (mapped over the task runner) → finalize."""
+    p, decision = prepare_task.with_options(name=f"prepare-{stage}")(ctx, stage, iteration)
+    if decision == "skip":
+        _log(f"{stage} it{iteration}: done, skipped")
+        return
+    n = ctx.cfg.rollout.shards
+    futures = shard_task.with_options(name=f"{stage}-shard").map(
+        unmapped(ctx), unmapped(p), range(n), unmapped(n)
+    )
+    stats = [f.result() for f in futures]
+    out = finalize_task.with_options(name=f"finalize-{stage}")(ctx, p, stats)
+    _log(
+        f"{stage} it{iteration}: {out['rows']} rows, {out['model_evals']} model evaluations, {out['metrics']}"
+    )
+
+
+def train_iterations(ctx: RunContext, iterations: int) -> dict[str, Any]:
+    """The body of the flow: init, then every unfinished stage of iterations 0 … N-1."""
+    init_task(ctx)
+    timings: dict[str, float] = {}
+    for i in range(iterations):
+        for stage in ("rollout", "branch", "score"):
+            started = time.perf_counter()
+            sharded_stage(ctx, stage, i)
+            timings[f"it{i}.{stage}"] = time.perf_counter() - started
+        started = time.perf_counter()
+        metrics = annotate_task(ctx, i)
+        timings[f"it{i}.annotate"] = time.perf_counter() - started
+        _log(
+            f"iteration {i}: final reward {metrics.get('reward_final_mean', float('nan')):.4f}, "
+            f"turning points {metrics.get('turning_points')} (kept {metrics.get('kept')})"
+        )
+        started = time.perf_counter()
+        update_task(ctx, i)
+        timings[f"it{i}.update"] = time.perf_counter() - started
+        if ctx.cfg.storage.keep_latents is not None:
+            drop_latents(ctx.layout, ctx.cfg.storage.keep_latents)
+    return {"run_dir": ctx.layout.run_dir, "iterations": iterations, "timings": timings}
+
+
+def train(
+    cfg: Config,
+    run_id: str | None = None,
+    iterations: int | None = None,
+    root: str | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the training flow of `cfg` under the run lock."""
+    ctx = RunContext.create(cfg, run_id or cfg.name, root)
+    n = iterations if iterations is not None else cfg.iterations
+    with run_lock(ctx.layout.lock(), ctx.storage_options):
+        flow_fn = train_flow.with_options(task_runner=task_runner_for(cfg))
+        result: dict[str, Any] = flow_fn(ctx, n)
+        return result
+
+
+@flow(name="tpgrpo-train", log_prints=True, persist_result=False)
+def train_flow(ctx: RunContext, iterations: int) -> dict[str, Any]:
+    """Prefect flow: TP-GRPO training iterations on one run (see `train`)."""
+    return train_iterations(ctx, iterations)
+
+
+def train_from_config(
+    config: str = "configs/tiny.yaml",
+    run_id: str | None = None,
+    iterations: int | None = None,
+    overrides: Sequence[str] = (),
+    root: str | None = None,
+) -> dict[str, Any]:
+    """Deployment entrypoint: load the YAML config (+ overrides) and train."""
+    from tpgrpo.config import load_config
+
+    return train(load_config(config, overrides), run_id=run_id, iterations=iterations, root=root)

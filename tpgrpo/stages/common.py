@@ -1,0 +1,139 @@
+"""What several stages share: per-stage config hashes, seeds, the grid, prompt selection, chunking.
+
+Seeds are derived, never drawn from global state: the initial noise and the step noise of a
+trajectory come from `trajectory_seed(seed, iteration, trajectory_id)` alone, so the result of a
+stage does not depend on how its work is batched, sharded or resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tpgrpo.algorithm import Window, flow_match_sigmas
+from tpgrpo.config import Config
+from tpgrpo.storage.provenance import config_hash
+
+# the config sections a model stage's output depends on (its manifest's config hash); score and
+# annotate hash their own arguments (`score_config_hash`, `annotate_config_hash`) since rescoring
+# and re-annotation run them with another reward or mode than the config's
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "prompts": ("rollout.prompts",),
+    "rollout": ("seed", "model", "sampling", "rollout"),
+    "branch": ("seed", "model", "sampling", "rollout", "branch"),
+    "update": ("seed", "model", "sampling", "rollout", "reward", "advantage", "update"),
+}
+
+# knobs that change speed, never results: excluded from hashes so a rerun with another chunk size
+# or shard count still finds its finished outputs
+SPEED_ONLY: tuple[tuple[str, str], ...] = (
+    ("model", "eval_batch"),
+    ("rollout", "shards"),
+    ("branch", "chunk_size"),
+)
+
+
+def stage_config_hash(cfg: Config, stage: str) -> str:
+    """Hash of the config sections `stage` depends on (see `STAGE_SECTIONS`)."""
+    data = cfg.public_dict()
+    for section, key in SPEED_ONLY:
+        data[section].pop(key, None)
+    picked: dict[str, Any] = {}
+    for name in STAGE_SECTIONS[stage]:
+        head, _, tail = name.partition(".")
+        picked[name] = data[head][tail] if tail else data[head]
+    return config_hash({"stage": stage, **picked})
+
+
+def score_config_hash(spec: Any) -> str:
+    """Hash of a reward spec (the score stage's only setting)."""
+    return config_hash({"stage": "score", "spec": spec})
+
+
+def annotate_config_hash(cfg: Config, mode: str) -> str:
+    """Hash of what an annotation depends on: the mode, its switches and the advantage settings."""
+    reward = cfg.reward.model_dump(mode="json")
+    return config_hash(
+        {
+            "stage": "annotate",
+            "mode": mode,
+            "initial_step": reward["initial_step"],
+            "balance": reward["balance"],
+            "advantage": cfg.advantage.model_dump(mode="json"),
+        }
+    )
+
+
+def trajectory_seed(seed: int, iteration: int, trajectory_id: int) -> int:
+    """The seed of one trajectory's noise (63-bit, from a `SeedSequence`)."""
+    state = np.random.SeedSequence([seed, iteration, trajectory_id]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+def trajectory_noise(
+    traj_seed: int, shape: tuple[int, int, int], window_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial noise `s_0` `[C, h, w]` and the window's step noise `[W, C, h, w]` of one trajectory.
+
+    Drawn on the CPU in float32 whatever the device, so a seed gives the same trajectory anywhere.
+    """
+    gen = torch.Generator().manual_seed(traj_seed)
+    s0 = torch.randn(shape, generator=gen)  # [C, h, w]
+    eps = torch.randn((window_size, *shape), generator=gen)  # [W, C, h, w]
+    return s0, eps
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The sampling grid of a run: σ values and the SDE window."""
+
+    sigmas: torch.Tensor  # [T+1] float32, σ_0 = 1 … σ_T = 0
+    window: Window
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.sigmas.shape[0]) - 1
+
+    @property
+    def sigma_guard(self) -> float:
+        """σ_1, used by the sde std where σ = 1 (SPEC §2)."""
+        return float(self.sigmas[1])
+
+
+def make_grid(cfg: Config, shift: float, num_steps: int | None = None) -> Grid:
+    """The rollout grid of `cfg` with the model's scheduler `shift` (or an ODE grid of `num_steps`)."""
+    steps = num_steps or cfg.sampling.num_steps
+    w0, w = cfg.sampling.window
+    window = Window(w0, w) if num_steps is None else Window(0, 0)
+    window.validate(steps, cfg.sampling.sampler)
+    return Grid(flow_match_sigmas(steps, shift=shift), window)
+
+
+def select_prompt_rows(num_prompts: int, cfg: Config, iteration: int) -> np.ndarray:
+    """Which prompts (row indices) the groups of `iteration` use, deterministically.
+
+    Returns:
+        `np.ndarray` `[groups]`: without repetition while the prompt set is large enough.
+    """
+    groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
+    rng = np.random.default_rng([cfg.seed, iteration, 1])
+    if num_prompts >= groups:
+        return rng.permutation(num_prompts)[:groups]
+    return rng.choice(num_prompts, size=groups, replace=True)
+
+
+def shard_groups(groups: int, shard: int, num_shards: int) -> list[int]:
+    """The prompt groups a shard owns (round robin, so shards get equal work)."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard {shard} outside 0 … {num_shards - 1}")
+    return list(range(shard, groups, num_shards))
+
+
+def chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
+    """Consecutive chunks of at most `size` items."""
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])

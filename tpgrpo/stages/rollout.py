@@ -1,0 +1,252 @@
+"""Stage 1, rollout: G trajectories per prompt under the current policy, every state recorded.
+
+For each trajectory (SPEC §3): initial noise `s_0` from its own seed; `T` steps on the grid, the
+window steps `k ∈ [w0, w0 + W)` drawn with the stochastic sampler (its log-prob recorded), the
+others ODE steps; all states `s_0 … s_T`; for each window step also the ODE-step state
+`s_k + (σ_{k+1} − σ_k)·v_k`, so the branch stage starts each completion one step further for free;
+the final image. Trajectories are processed in chunks of the model's best batch size; the CFG
+velocity of a chunk is one batched forward.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tpgrpo.algorithm import ode_step, sampler_step
+from tpgrpo.config import Config
+from tpgrpo.schemas.images import encode_png
+from tpgrpo.schemas.tensors import encode_tensor
+from tpgrpo.stages.batching import best_batch
+from tpgrpo.stages.common import (
+    Grid,
+    chunks,
+    make_grid,
+    select_prompt_rows,
+    shard_groups,
+    trajectory_noise,
+    trajectory_seed,
+)
+from tpgrpo.stages.progress import progress_bar
+from tpgrpo.storage import DatasetWriter, read_table
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """What identifies one trajectory of an iteration."""
+
+    trajectory_id: int
+    group_id: int
+    batch: int
+    prompt_id: str
+    prompt: str
+    seed: int
+
+
+def plan_trajectories(prompts: Any, cfg: Config, iteration: int) -> list[Trajectory]:
+    """Every trajectory of `iteration`: groups of `G` per selected prompt, ids in group order.
+
+    Args:
+        prompts (`pa.Table`): the run's prompts dataset (`prompt_id`, `prompt`).
+    """
+    rows = select_prompt_rows(prompts.num_rows, cfg, iteration)
+    ids = prompts.column("prompt_id").to_pylist()
+    texts = prompts.column("prompt").to_pylist()
+    g = cfg.rollout.group_size
+    out = []
+    for group_id, row in enumerate(rows.tolist()):
+        for member in range(g):
+            tid = group_id * g + member
+            out.append(
+                Trajectory(
+                    trajectory_id=tid,
+                    group_id=group_id,
+                    batch=group_id // cfg.rollout.prompts_per_batch,
+                    prompt_id=ids[row],
+                    prompt=texts[row],
+                    seed=trajectory_seed(cfg.seed, iteration, tid),
+                )
+            )
+    return out
+
+
+@torch.no_grad()
+def sample_trajectories(
+    policy: Any, cfg: Config, grid: Grid, trajectories: list[Trajectory]
+) -> dict[str, Any]:
+    """Sample one chunk of trajectories (one batched forward per grid step).
+
+    Returns:
+        dict with `states` `[B, T+1, C, h, w]`, `ode_states` `[B, W, C, h, w]`, `log_probs` `[B, W]`,
+        `images` uint8 `[B, H, W, 3]` (all on the CPU, float32).
+    """
+    shape = policy.latent_shape(cfg.model.height, cfg.model.width)
+    window = grid.window
+    noise = [trajectory_noise(t.seed, shape, window.size) for t in trajectories]
+    x = torch.stack([s0 for s0, _ in noise]).to(policy.device)  # [B, C, h, w]
+    eps = torch.stack([e for _, e in noise]).to(policy.device)  # [B, W, C, h, w]
+    cond = policy.encode([t.prompt for t in trajectories])
+    uncond = policy.encode([""] * len(trajectories)) if cfg.sampling.guidance_scale > 1.0 else None
+    states, ode_states, log_probs = [x], [], []
+    b = x.shape[0]
+    for k in range(grid.num_steps):
+        sigma, sigma_next = grid.sigmas[k].item(), grid.sigmas[k + 1].item()
+        sig = torch.full((b,), sigma, device=policy.device)  # [B]
+        v = policy.velocity(x, sig, cond, uncond, cfg.sampling.guidance_scale)  # [B, C, h, w] float32
+        if k in window.steps:
+            j = k - window.start
+            out = sampler_step(
+                cfg.sampling.sampler,
+                x,
+                v,
+                sigma,
+                sigma_next,
+                noise_level=cfg.sampling.noise_level,
+                sigma_guard=grid.sigma_guard,
+                noise=eps[:, j],
+                exact_cps_logprob=cfg.sampling.exact_cps_logprob,
+            )
+            ode_states.append(ode_step(x, v, sigma, sigma_next))  # [B, C, h, w]
+            assert out.log_prob is not None  # window steps have noise_level > 0 (config-validated)
+            log_probs.append(out.log_prob)
+            x = out.next
+        else:
+            x = ode_step(x, v, sigma, sigma_next)
+        states.append(x)
+    images = policy.decode(x)  # [B, H, W, 3] uint8
+    return {
+        "states": torch.stack(states, dim=1).float().cpu(),  # [B, T+1, C, h, w]
+        "ode_states": torch.stack(ode_states, dim=1).float().cpu(),  # [B, W, C, h, w]
+        "log_probs": torch.stack(log_probs, dim=1).float().cpu(),  # [B, W]
+        "images": images,
+    }
+
+
+def run_shard(
+    cfg: Config,
+    policy: Any,
+    *,
+    run_id: str,
+    iteration: int,
+    prompts_uri: str,
+    output: str,
+    shard: int = 0,
+    num_shards: int = 1,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
+    """Sample this shard's prompt groups and write them as part files of `output`.
+
+    Returns:
+        stats: `trajectories`, `model_evals` (velocity evaluations), `forward_samples` (transformer
+        samples, ×2 with CFG), `chunk`, `seconds`.
+    """
+    started = time.perf_counter()
+    prompts = read_table(
+        prompts_uri, "prompts", columns=["prompt_id", "prompt"], storage_options=storage_options
+    )
+    plan = plan_trajectories(prompts, cfg, iteration)
+    mine = set(
+        shard_groups(cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration, shard, num_shards)
+    )
+    todo = [t for t in plan if t.group_id in mine]
+    grid = make_grid(cfg, policy.pipeline.scheduler.config.shift)
+    shape = policy.latent_shape(cfg.model.height, cfg.model.width)
+    cfg_on = cfg.sampling.guidance_scale > 1.0
+    probe = policy.encode([todo[0].prompt]) if todo else None
+    chunk = (
+        best_batch(
+            policy,
+            shape,
+            probe,
+            policy.encode([""]) if cfg_on else None,
+            cfg.sampling.guidance_scale,
+            cfg.branch.chunk_size,
+            limit=len(todo),
+        )
+        if probe is not None
+        else 1
+    )
+    w0, w = grid.window.start, grid.window.size
+    sigmas = grid.sigmas.tolist()
+    evals = 0
+    with DatasetWriter(output, "rollouts", shard=shard, storage_options=storage_options) as writer:
+        bar = progress_bar(total=len(todo), desc=f"rollout it{iteration} shard{shard}", unit="traj")
+        for idx in chunks(list(range(len(todo))), chunk):
+            part = [todo[i] for i in idx]
+            out = sample_trajectories(policy, cfg, grid, part)
+            evals += len(part) * grid.num_steps
+            rows: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
+            for n, t in enumerate(part):
+                states, s_dtype, s_shape = encode_tensor(out["states"][n])
+                odes, o_dtype, o_shape = encode_tensor(out["ode_states"][n])
+                rows["run_id"].append(run_id)
+                rows["iteration"].append(iteration)
+                rows["batch"].append(t.batch)
+                rows["trajectory_id"].append(t.trajectory_id)
+                rows["prompt_id"].append(t.prompt_id)
+                rows["group_id"].append(t.group_id)
+                rows["prompt"].append(t.prompt)
+                rows["seed"].append(t.seed)
+                rows["num_steps"].append(grid.num_steps)
+                rows["window_start"].append(w0)
+                rows["window_size"].append(w)
+                rows["sampler"].append(cfg.sampling.sampler)
+                rows["noise_level"].append(cfg.sampling.noise_level)
+                rows["guidance_scale"].append(cfg.sampling.guidance_scale)
+                rows["sigmas"].append(sigmas)
+                rows["states"].append(states)
+                rows["states_dtype"].append(s_dtype)
+                rows["states_shape"].append(s_shape)
+                rows["ode_states"].append(odes)
+                rows["ode_states_dtype"].append(o_dtype)
+                rows["ode_states_shape"].append(o_shape)
+                rows["log_probs"].append(out["log_probs"][n].tolist())
+                rows["image"].append(encode_png(out["images"][n]))
+            writer.write(rows)
+            bar.update(len(part))
+        bar.close()
+    return {
+        "trajectories": float(len(todo)),
+        "model_evals": float(evals),
+        "forward_samples": float(evals * (2 if cfg_on else 1)),
+        "chunk": float(chunk),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+_COLUMNS = (
+    "run_id",
+    "iteration",
+    "batch",
+    "trajectory_id",
+    "prompt_id",
+    "group_id",
+    "prompt",
+    "seed",
+    "num_steps",
+    "window_start",
+    "window_size",
+    "sampler",
+    "noise_level",
+    "guidance_scale",
+    "sigmas",
+    "states",
+    "states_dtype",
+    "states_shape",
+    "ode_states",
+    "ode_states_dtype",
+    "ode_states_shape",
+    "log_probs",
+    "image",
+)
+
+
+def summary(table: Any) -> dict[str, float]:
+    """Summary metrics of a rollouts table for the manifest (mean log-prob)."""
+    lp = np.concatenate([np.asarray(x, dtype=np.float64) for x in table.column("log_probs").to_pylist()])
+    return {"log_prob_mean": float(lp.mean()) if lp.size else 0.0}

@@ -1,0 +1,303 @@
+"""Stage 5, update: the clipped GRPO step on the LoRA adapter (SPEC §6).
+
+Every trained transition `(trajectory, j)` — grid step `k = w0 + j` from stored `s_k` to stored
+`s_{k+1}` — gets its log-prob recomputed under the current policy (same sampler, same σ's), compared
+with the stored rollout log-prob (ratio exactly 1 on the first pass: same weights), and weighted by
+its advantage from the annotation. With `update.kl_beta > 0` the adapter-disabled base model's
+mean at the same state gives the KL term. Per epoch, the kept trajectories are shuffled (seeded by
+run seed, iteration and epoch) and split into `update.optimizer_steps` equal parts; each part's
+transitions accumulate, in micro-batches, into one optimizer step (grad-norm clipped). The EMA of
+the adapter is updated every `update.ema_every` optimizer steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from tpgrpo.algorithm import grpo_loss, kl_to_reference, sampler_step, zero_advantage_mask
+from tpgrpo.config import Config
+from tpgrpo.errors import DataError
+from tpgrpo.models.lora import lora_parameters, reference_mode
+from tpgrpo.schemas.tensors import decode_tensor_column
+from tpgrpo.stages.checkpoints import TrainState
+from tpgrpo.stages.progress import progress_bar
+from tpgrpo.storage import read_table
+
+
+@dataclass
+class UpdateData:
+    """One iteration's training data, in trajectory order."""
+
+    trajectory_ids: np.ndarray  # [N]
+    prompts: list[str]  # [N]
+    states: torch.Tensor  # [N, T+1, C, h, w] float32
+    log_probs: torch.Tensor  # [N, W] stored rollout log-probs
+    advantages: torch.Tensor  # [N, W]
+    sigmas: torch.Tensor  # [T+1]
+    window_start: int
+    window_size: int
+
+
+def load_update_data(
+    rollouts_uri: str, annotations_uri: str, storage_options: Mapping[str, Any] | None = None
+) -> UpdateData:
+    """Join rollouts and annotations into tensors.
+
+    Raises:
+        DataError: an annotation is missing or duplicated for a trained transition.
+    """
+    roll = read_table(
+        rollouts_uri,
+        "rollouts",
+        columns=[
+            "trajectory_id",
+            "prompt",
+            "sigmas",
+            "window_start",
+            "window_size",
+            "states",
+            "states_dtype",
+            "states_shape",
+            "log_probs",
+        ],
+        storage_options=storage_options,
+    ).sort_by("trajectory_id")
+    ann = read_table(
+        annotations_uri,
+        "annotations",
+        columns=["trajectory_id", "step", "advantage"],
+        storage_options=storage_options,
+    )
+    tids = roll.column("trajectory_id").to_numpy()
+    w = int(roll.column("window_size")[0].as_py())
+    row_of = {int(t): i for i, t in enumerate(tids)}
+    adv = np.full((len(tids), w), np.nan)
+    for t, j, a in zip(
+        ann.column("trajectory_id").to_numpy(),
+        ann.column("step").to_numpy(),
+        ann.column("advantage").to_numpy(),
+        strict=True,
+    ):
+        if int(t) not in row_of or not 0 <= int(j) < w or not np.isnan(adv[row_of[int(t)], int(j)]):
+            raise DataError(f"annotation for trajectory {t}, step {j} is unexpected or duplicated")
+        adv[row_of[int(t)], int(j)] = a
+    if np.isnan(adv).any():
+        n, j = np.argwhere(np.isnan(adv))[0]
+        raise DataError(f"no annotation for trajectory {tids[n]}, step {j}: rerun the annotate stage")
+    log_probs = torch.tensor(np.array(roll.column("log_probs").to_pylist(), dtype=np.float32))  # [N, W]
+    return UpdateData(
+        trajectory_ids=tids,
+        prompts=roll.column("prompt").to_pylist(),
+        states=decode_tensor_column(roll, "states").float(),  # [N, T+1, C, h, w]
+        log_probs=log_probs,
+        advantages=torch.tensor(adv, dtype=torch.float32),
+        sigmas=torch.tensor(roll.column("sigmas")[0].as_py(), dtype=torch.float32),
+        window_start=int(roll.column("window_start")[0].as_py()),
+        window_size=w,
+    )
+
+
+@dataclass
+class StepStats:
+    """Sums over the transitions of one optimizer step (divided by `samples` when reported)."""
+
+    samples: int = 0
+    loss: float = 0.0
+    policy_loss: float = 0.0
+    kl: float = 0.0
+    clip_frac: float = 0.0
+    approx_kl: float = 0.0
+    ratio: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def add(self, n: int, out: Any) -> None:
+        self.samples += n
+        self.loss += n * float(out.loss.detach())
+        self.policy_loss += n * out.policy_loss
+        self.kl += n * out.kl
+        self.clip_frac += n * out.clip_frac
+        self.approx_kl += n * out.approx_kl
+        self.ratio += n * out.ratio_mean
+
+    def row(self) -> dict[str, float]:
+        n = max(1, self.samples)
+        return {
+            "loss": self.loss / n,
+            "policy_loss": self.policy_loss / n,
+            "kl": self.kl / n,
+            "clip_frac": self.clip_frac / n,
+            "approx_kl": self.approx_kl / n,
+            "ratio_mean": self.ratio / n,
+        }
+
+
+def _micro_batches(items: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _recompute(
+    cfg: Config,
+    x: torch.Tensor,
+    v: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    x_next: torch.Tensor,
+    sigma_guard: float,
+) -> Any:
+    """The sampler step `x → x_next` recomputed (mean, std, log-prob) under velocity `v`."""
+    return sampler_step(
+        cfg.sampling.sampler,
+        x,
+        v,
+        sigma,
+        sigma_next,
+        noise_level=cfg.sampling.noise_level,
+        sigma_guard=sigma_guard,
+        prev_sample=x_next,
+        exact_cps_logprob=cfg.sampling.exact_cps_logprob,
+    )
+
+
+def transition_loss(
+    policy: Any,
+    cfg: Config,
+    data: UpdateData,
+    batch: list[tuple[int, int]],
+    cond: Any,
+    uncond: Any,
+) -> Any:
+    """The GRPO loss of a micro-batch of transitions `(row, j)` (per-sample σ's in one forward)."""
+    rows = torch.tensor([r for r, _ in batch])  # [n]
+    ks = torch.tensor([data.window_start + j for _, j in batch])  # [n] grid indices
+    dev = policy.device
+    x = data.states[rows, ks].to(dev)  # [n, C, h, w]
+    x_next = data.states[rows, ks + 1].to(dev)  # [n, C, h, w]
+    sigma = data.sigmas[ks].to(dev)  # [n]
+    sigma_next = data.sigmas[ks + 1].to(dev)  # [n]
+    c = cond.select(rows)
+    u = uncond.select(rows) if uncond is not None else None
+    v = policy.velocity(x, sigma, c, u, cfg.sampling.guidance_scale)  # [n, C, h, w], with grad
+    out = _recompute(cfg, x, v, sigma, sigma_next, x_next, float(data.sigmas[1]))
+    kl = None
+    if cfg.update.kl_beta > 0:
+        with torch.no_grad(), reference_mode(policy.transformer):
+            v_ref = policy.velocity(x, sigma, c, u, cfg.sampling.guidance_scale)
+            ref = _recompute(cfg, x, v_ref, sigma, sigma_next, x_next, float(data.sigmas[1]))
+        kl = kl_to_reference(out.mean, ref.mean, out.std)  # [n]
+    if out.log_prob is None:
+        raise DataError("a trained transition has zero noise: the window must only hold stochastic steps")
+    old = data.log_probs[rows, torch.tensor([j for _, j in batch])].to(dev)  # [n]
+    adv = data.advantages[rows, torch.tensor([j for _, j in batch])].to(dev)  # [n]
+    return grpo_loss(out.log_prob, old, adv, clip_range=cfg.update.clip_range, kl=kl, beta=cfg.update.kl_beta)
+
+
+def train_iteration(
+    policy: Any,
+    cfg: Config,
+    data: UpdateData,
+    optimizer: torch.optim.Optimizer,
+    ema: Any,
+    state: TrainState,
+    iteration: int,
+) -> list[dict[str, Any]]:
+    """Run the optimizer steps of one iteration; returns one `updates` row per optimizer step."""
+    params = lora_parameters(policy.transformer)
+    keep = np.arange(len(data.trajectory_ids))
+    if cfg.advantage.skip_zero:
+        keep = keep[~zero_advantage_mask(data.advantages.numpy())]
+    rows_out: list[dict[str, Any]] = []
+    if keep.size == 0:
+        return rows_out
+    cond = policy.encode(data.prompts)
+    uncond = policy.encode([""] * len(data.prompts)) if cfg.sampling.guidance_scale > 1.0 else None
+    parts = cfg.update.optimizer_steps
+    total = cfg.update.epochs * parts
+    bar = progress_bar(total=total, desc=f"update it{iteration}", unit="step")
+    policy.transformer.train()
+    try:
+        for epoch in range(cfg.update.epochs):
+            order = np.random.default_rng([cfg.seed, iteration, epoch, 2]).permutation(keep)
+            for part in np.array_split(order, parts):
+                transitions = [(int(r), j) for r in part for j in range(data.window_size)]
+                if not transitions:
+                    continue
+                stats = StepStats()
+                optimizer.zero_grad(set_to_none=True)
+                for mb in _micro_batches(transitions, cfg.update.micro_batch):
+                    out = transition_loss(policy, cfg, data, mb, cond, uncond)
+                    (out.loss * (len(mb) / len(transitions))).backward()
+                    stats.add(len(mb), out)
+                grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.update.grad_clip)
+                if not torch.isfinite(grad_norm):
+                    raise DataError(
+                        f"non-finite gradient norm at iteration {iteration}, optimizer step "
+                        f"{state.optimizer_step}: check the rewards and advantages of this iteration"
+                    )
+                optimizer.step()
+                state.optimizer_step += 1
+                if state.optimizer_step % cfg.update.ema_every == 0:
+                    ema.update(params)
+                rows_out.append(
+                    {
+                        "iteration": iteration,
+                        "optimizer_step": state.optimizer_step,
+                        **stats.row(),
+                        "grad_norm": float(grad_norm),
+                        "lr": float(optimizer.param_groups[0]["lr"]),
+                        "epoch": epoch,
+                        "samples": stats.samples,
+                    }
+                )
+                bar.update(1)
+    finally:
+        policy.transformer.eval()
+        optimizer.zero_grad(set_to_none=True)
+        bar.close()
+    return rows_out
+
+
+def run(
+    cfg: Config,
+    policy: Any,
+    optimizer: torch.optim.Optimizer,
+    ema: Any,
+    state: TrainState,
+    *,
+    iteration: int,
+    rollouts_uri: str,
+    annotations_uri: str,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Train on one iteration; the caller writes the checkpoint and the `updates` dataset.
+
+    Returns:
+        (`updates` rows, summary stats with `seconds` and `model_evals`).
+    """
+    started = time.perf_counter()
+    data = load_update_data(rollouts_uri, annotations_uri, storage_options)
+    rows = train_iteration(policy, cfg, data, optimizer, ema, state, iteration)
+    transitions = sum(r["samples"] for r in rows)
+    evals = transitions * (2 if cfg.update.kl_beta > 0 else 1)
+    return rows, {"seconds": time.perf_counter() - started, "model_evals": float(evals)}
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Summary metrics of an iteration's `updates` rows for the manifest."""
+    if not rows:
+        return {"optimizer_steps": 0}
+    n = len(rows)
+    return {
+        "optimizer_steps": n,
+        "loss_mean": sum(r["loss"] for r in rows) / n,
+        "kl_mean": sum(r["kl"] for r in rows) / n,
+        "clip_frac_mean": sum(r["clip_frac"] for r in rows) / n,
+        "first_ratio_mean": rows[0]["ratio_mean"],
+        "grad_norm_mean": sum(r["grad_norm"] for r in rows) / n,
+    }
