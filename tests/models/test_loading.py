@@ -103,3 +103,22 @@ def test_resolve_other_paths() -> None:
 def test_modules_in_eval_mode(policy: Any) -> None:
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
         assert not getattr(policy.pipeline, name).training
+
+
+def test_load_policy_resolves_embedded(model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(factory, "embedded_checkpoint_dir", lambda: model_dirs["sd3"])
+    policy = load_policy(model_config("sd3", EMBEDDED_MODEL))
+    assert isinstance(policy, SD3Policy)
+    assert policy.pipeline.name_or_path == str(model_dirs["sd3"])
+
+
+@pytest.mark.skipif(
+    not (factory.embedded_checkpoint_dir() / "model_index.json").is_file(),
+    reason="the embedded tiny checkpoint is not built yet",
+)
+def test_shipped_embedded_checkpoint_loads_with_the_default_config() -> None:
+    from tpgrpo.config import ModelConfig
+
+    policy = load_policy(ModelConfig())
+    assert isinstance(policy, SD3Policy)
+    assert policy.decode(torch.zeros(1, *policy.latent_shape(64, 64))).shape == (1, 64, 64, 3)

@@ -126,7 +126,7 @@ def test_state_round_trip_through_bytes_is_exact(load: Any, family: str) -> None
     blob = adapter_to_bytes(source)
     add_lora(target, rank=4, alpha=8.0, seed=1)  # another init: everything must be overwritten
     spec = adapter_from_bytes(target.transformer, blob)
-    assert spec == lora_spec(source.transformer)
+    assert spec == lora_spec(source.transformer) == lora_spec(source)
     assert spec.family == family and spec.rank == 4 and spec.alpha == 8.0
     want, got = lora_state_dict(source), lora_state_dict(target)
     assert want.keys() == got.keys()

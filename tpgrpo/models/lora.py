@@ -1,7 +1,7 @@
 """LoRA on a policy's transformer through peft (`transformer.add_adapter`), and its safetensors form.
 
 - `add_lora` injects one adapter (named `ADAPTER`) into the transformer's attention projections,
-  deterministically under a seed. Default init `"gaussian"` as in Flow-GRPO: A ~ N(0, 1/r), B = 0,
+  deterministically under a seed. Default init `"gaussian"` as in Flow-GRPO: A ~ N(0, std 1/r), B = 0,
   so the adapted model starts exactly equal to the base model. Every other weight is frozen; the
   LoRA weights are kept in float32 (an optimizer on bf16 weights loses small updates), and peft
   casts the activations so a bf16 base model still runs.
@@ -140,8 +140,8 @@ def transformer_family(transformer: Any) -> str:
 
 
 def has_lora(transformer: Any) -> bool:
-    """Whether the transformer carries the policy's adapter."""
-    return ADAPTER in (getattr(transformer, "peft_config", None) or {})
+    """Whether the transformer (or a policy's transformer) carries the policy's adapter."""
+    return ADAPTER in (getattr(_transformer_of(transformer), "peft_config", None) or {})
 
 
 def add_lora(
@@ -203,11 +203,12 @@ def add_lora(
 
 
 def lora_spec(transformer: Any) -> LoraSpec:
-    """The `LoraSpec` of the transformer's adapter.
+    """The `LoraSpec` of the transformer's (or a policy's) adapter.
 
     Raises:
         UserError: the transformer has no adapter.
     """
+    transformer = _transformer_of(transformer)
     if not has_lora(transformer):
         raise UserError("the transformer has no LoRA adapter; call tpgrpo.models.lora.add_lora first")
     config = transformer.peft_config[ADAPTER]
