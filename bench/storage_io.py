@@ -262,6 +262,7 @@ def main() -> None:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "pyarrow": pa.__version__,
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
             "note": "shared machine; raw and dataset runs alternate, medians reported",
         },
         "config": {

@@ -143,6 +143,7 @@ def test_part_rotation_by_bytes(tmp_path: object) -> None:
     manifest = finalize_dataset(uri, "rollouts", inputs={}, config_hash=CONFIG)
     assert len(manifest.parts) > 1 and manifest.rows == 12
     assert all(p.bytes < 20_000 + 30_000 for p in manifest.parts)
+    verify_dataset(uri)  # the SHA-256 hashed alongside many small row-group writes matches the bytes
 
 
 def test_columns_and_filters(storage_root: StorageRoot) -> None:

@@ -177,7 +177,9 @@ class _LocalSink:
         self._done.set()
         self._wake.set()
         self._follower.join()
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def close(self) -> tuple[int, str]:
         self._stream.close()
