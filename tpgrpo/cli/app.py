@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from tpgrpo.cli import config_cmd, train_cmd
+from tpgrpo.cli import config_cmd, pretrain_cmd, train_cmd
 from tpgrpo.errors import TpgrpoError, UserError
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app = typer.Typer(
 app.command("train")(train_cmd.train)
 app.command("stage")(train_cmd.stage)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(pretrain_cmd.app, name="pretrain")
 
 
 def prefect_environment() -> None:

@@ -78,7 +78,7 @@ def load_pipeline(path: str, family: str, dtype: str = "float32", device: str = 
     import diffusers
 
     cls = getattr(diffusers, FAMILIES[family][0])
-    pipeline = cls.from_pretrained(path, torch_dtype=DTYPES[dtype], use_safetensors=True)
+    pipeline = cls.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True)
     pipeline.set_progress_bar_config(disable=True)
     pipeline.to(device)
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):

@@ -9,8 +9,8 @@ draws exactly what an uninterrupted one would have drawn.
   std 1) and written into the VAE config.
 - **Transformer + text encoders**: the rectified-flow loss of SD3 — `x_σ = (1 − σ)·z + σ·ε`, target
   velocity `ε − z`, σ ~ logit-normal(0, 1), timestep `1000·σ` — with caption dropout to the empty
-  prompt (so classifier-free guidance works), AdamW with warmup, an EMA of the weights, which is
-  what gets saved.
+  prompt (so classifier-free guidance works), AdamW with warmup then a constant rate (a run of
+  `n` steps is a prefix of a longer one), an EMA of the weights, which is what gets saved.
 
 State between chunks is saved as safetensors + JSON under a work directory (`models/state.py`).
 """
@@ -42,11 +42,12 @@ class PretrainConfig:
     """Hyper-parameters of the two pretraining phases."""
 
     seed: int = 0
-    vae_steps: int = 3000
+    vae_steps: int = 1500
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
-    steps: int = 30000
+    vae_warmup: int = 100
+    steps: int = 8000
     batch: int = 64
     lr: float = 5e-4
     warmup: int = 500
@@ -70,12 +71,18 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def _lr_at(step: int, cfg: PretrainConfig, base: float, total: int) -> float:
-    """Linear warmup then cosine decay to 10 % of `base`."""
-    if step < cfg.warmup:
-        return base * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, total - cfg.warmup)
+def cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
+    """Linear warmup then cosine decay to 10 % of `base` at `total` (the VAE's schedule)."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def constant_lr(step: int, base: float, warmup: int) -> float:
+    """Linear warmup then constant (the transformer's schedule: the state at step `n` does not
+    depend on the total, so a shorter run is a prefix of a longer one)."""
+    return base * min(1.0, (step + 1) / warmup)
 
 
 def _chunks(start: int, total: int, every: int) -> Iterator[tuple[int, int]]:
@@ -103,7 +110,7 @@ def train_vae(pipeline: Any, cfg: PretrainConfig, work: Path, progress: Progress
             rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
             loss = rec + cfg.vae_kl_weight * posterior.kl().mean()
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, cfg, cfg.vae_lr, cfg.vae_steps)
+                g["lr"] = cosine_lr(step, cfg.vae_lr, cfg.vae_warmup, cfg.vae_steps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -195,7 +202,7 @@ def train_transformer(
             pred = policy.forward(x, sigma, cond)  # [B, C, h, w]
             loss = F.mse_loss(pred, noise - z)
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, cfg, cfg.lr, cfg.steps)
+                g["lr"] = constant_lr(step, cfg.lr, cfg.warmup)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
