@@ -50,6 +50,13 @@ def resolve(factory: Callable[..., Reward]) -> Callable[..., Reward]:
 
 REWARDS: dict[str, Callable[..., Reward]] = {
     "shapes": lazy("tpgrpo.rewards.shapes:ShapesReward"),
+    "pickscore": lazy("tpgrpo.rewards.clip:pickscore"),
+    "clipscore": lazy("tpgrpo.rewards.clip:clipscore"),
+    "ocr": lazy("tpgrpo.rewards.ocr:OcrReward"),
+    "jpeg": lazy("tpgrpo.rewards.jpeg:jpeg_compressibility"),
+    "jpeg_incompressibility": lazy("tpgrpo.rewards.jpeg:jpeg_incompressibility"),
+    "http": lazy("tpgrpo.rewards.http:HttpReward"),
+    "weighted": lazy("tpgrpo.rewards.weighted:WeightedReward"),
 }
 """Registered rewards: name -> factory(**params)."""
 
@@ -77,7 +84,7 @@ def make_reward(spec: str | Mapping[str, Any]) -> Reward:
     else:
         raise UserError(f"a reward spec is a name or a mapping with 'name', got {spec!r}")
     if name not in REWARDS:
-        raise UserError(f"unknown reward {name!r}; registered rewards: {sorted(REWARDS)}")
+        raise UserError(f"unknown reward {name!r}; registered rewards: {list(REWARDS)}")
     real = resolve(REWARDS[name])
     signature = inspect.signature(real)
     try:
