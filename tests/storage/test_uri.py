@@ -51,8 +51,8 @@ def test_unsupported_scheme_and_bad_options() -> None:
         filesystem_for("s3://")
     with pytest.raises(UserError, match="unknown S3 storage option"):
         filesystem_for("s3://bucket/x", {"endpoint": "http://x"})
-    with pytest.raises(UserError, match="s3:// URIs only"):
-        filesystem_for("/tmp/x", {"key": "k"})
+    fs, path = filesystem_for("/tmp/x", {"key": "k"})  # S3 options do not concern local paths
+    assert isinstance(fs, LocalFileSystem) and path == "/tmp/x"
 
 
 def test_region_is_not_passed_with_an_endpoint() -> None:

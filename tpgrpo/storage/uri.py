@@ -94,6 +94,7 @@ def filesystem_for(
         storage_options (`Mapping[str, Any]`, *optional*): for S3 only: `endpoint_url`, `key`,
             `secret`, `token`, `anon`, `profile`, `region` (ignored when an endpoint is set),
             `use_ssl`, `client_kwargs`, `config_kwargs`. Unset: the standard AWS environment.
+            Ignored for local paths (a config may carry S3 options while a run uses a local root).
 
     Returns:
         `tuple[fsspec.AbstractFileSystem, str]`: the filesystem (s3fs for S3, local otherwise) and
@@ -111,7 +112,5 @@ def filesystem_for(
         return s3fs.S3FileSystem(**_s3_kwargs(storage_options or {})), path
     if "://" in uri and not uri.startswith("file://"):
         raise UserError(f"unsupported URI {uri!r}: use a local path or s3://bucket/prefix")
-    if storage_options:
-        raise UserError("storage options apply to s3:// URIs only; a local path takes none")
     path = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
     return LocalFileSystem(), path
