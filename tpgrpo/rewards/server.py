@@ -119,8 +119,8 @@ class RewardServer(ThreadingHTTPServer):
     def start(self) -> None:
         """Serve from a daemon thread (returns at once)."""
         self._thread = threading.Thread(
-            target=self.serve_forever, name=f"reward-server-{self.url}", daemon=True
-        )
+            target=self.serve_forever, args=(0.05,), name=f"reward-server-{self.url}", daemon=True
+        )  # polls for shutdown every 0.05 s
         self._thread.start()
 
     def shutdown(self) -> None:

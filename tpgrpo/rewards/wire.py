@@ -77,7 +77,7 @@ def decode_images(items: Sequence[object], max_pixels: int) -> np.ndarray:
             raise UserError(f"images[{i}] is not a readable PNG ({e})") from e
         if arrays[-1].shape != arrays[0].shape:
             raise UserError(
-                f"images[{i}] is {arrays[-1].shape[:2]}, images[0] {arrays[0].shape[:2]}: mixed sizes"
+                f"images[{i}] is {arrays[-1].shape[:2]}, images[0] {arrays[0].shape[:2]}: one size per batch"
             )
     if not arrays:
         return np.zeros((0, 1, 1, 3), dtype=np.uint8)
