@@ -29,7 +29,7 @@ CONFIG = "c" * 64
 LATENTS = ["states", "ode_states"]
 
 
-def _make_run(root: StorageRoot, iterations: int = 3) -> RunLayout:
+def _make_run(root: StorageRoot, iterations: int, part_rows: int = 3) -> RunLayout:
     layout = RunLayout(root.uri, "run-a", storage_options=root.storage_options)
     options = root.storage_options
     for i in range(iterations):
@@ -59,7 +59,7 @@ def _others(layout: RunLayout, i: int) -> list[Any]:
 
 
 def test_drop_latents_keeps_the_last_iterations_and_everything_else(storage_root: StorageRoot) -> None:
-    layout = _make_run(storage_root)
+    layout = _make_run(storage_root, iterations=3, part_rows=8)
     options = storage_root.storage_options
     before = {i: read_table(layout.rollouts(i), "rollouts", storage_options=options) for i in range(3)}
     manifests = {i: read_manifest(layout.rollouts(i), options) for i in range(3)}

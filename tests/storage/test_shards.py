@@ -20,6 +20,8 @@ from tpgrpo.storage.uri import filesystem_for, join_uri
 from . import samples
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.conftest import StorageRoot
 
 CONFIG = "c" * 64
@@ -87,16 +89,20 @@ SHARD_SCRIPT = textwrap.dedent(
 )
 
 
-def _env(root: StorageRoot, request: pytest.FixtureRequest) -> dict[str, str]:
+def _env(kind: str, request: pytest.FixtureRequest) -> dict[str, str]:
     env = dict(os.environ)
-    if root.kind == "s3":  # the worker gets its credentials the standard way, from the environment
+    if kind == "s3":  # the worker gets its credentials the standard way, from the environment
         env.update(request.getfixturevalue("s3_bucket").env)
     return env
 
 
-def test_concurrent_shard_processes(storage_root: StorageRoot, request: pytest.FixtureRequest) -> None:
-    uri = join_uri(storage_root.uri, "rewards")
-    env = _env(storage_root, request)
+@pytest.mark.parametrize("kind", ["local", pytest.param("s3", marks=[pytest.mark.s3, pytest.mark.slow])])
+def test_concurrent_shard_processes(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # on S3 the thread test covers concurrency; this variant adds separate clients with env credentials
+    bucket = request.getfixturevalue("s3_bucket") if kind == "s3" else None
+    root, options = (bucket.root, bucket.storage_options) if bucket else (str(tmp_path / "runs"), None)
+    uri = join_uri(root, "rewards")
+    env = _env(kind, request)
     # two worker processes, two shards each (one interpreter start per worker keeps the test fast)
     workers = [
         subprocess.Popen([sys.executable, "-c", SHARD_SCRIPT, uri, s, "ok"], env=env) for s in ("0,2", "1,3")
@@ -108,12 +114,10 @@ def test_concurrent_shard_processes(storage_root: StorageRoot, request: pytest.F
         inputs={},
         config_hash=CONFIG,
         shards=SHARDS,
-        storage_options=storage_root.storage_options,
+        storage_options=options,
     )
     assert manifest.rows == SHARDS * 6
-    table = read_table(
-        uri, "rewards", filter=pc.field("score") >= 0, storage_options=storage_root.storage_options
-    )
+    table = read_table(uri, "rewards", filter=pc.field("score") >= 0, storage_options=options)
     assert sorted(table.column("score").to_pylist()) == [i / 7 for i in range(SHARDS * 6)]
 
 
@@ -124,7 +128,7 @@ def test_killed_shard_leaves_no_finished_dataset_and_restarts_cleanly(
     options = storage_root.storage_options
     _write_shard(uri, 1, options)
     crashed = subprocess.run(
-        [sys.executable, "-c", SHARD_SCRIPT, uri, "0", "crash"], env=_env(storage_root, request)
+        [sys.executable, "-c", SHARD_SCRIPT, uri, "0", "crash"], env=_env(storage_root.kind, request)
     )
     assert crashed.returncode == 1
     fs, path = filesystem_for(uri, options)
