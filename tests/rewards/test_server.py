@@ -235,6 +235,19 @@ def test_connections_are_bounded_and_idle_ones_time_out(servers: list[RewardServ
         time.sleep(0.02)
 
 
+def test_connections_rotate_at_capacity(servers: list[RewardServer]) -> None:
+    server = serve("shapes", max_connections=1)
+    servers.append(server)
+    images, prompts = sample_batch(np.random.default_rng(2), 2)
+    # short retries (the slot frees a moment after the answer), far shorter than request_timeout:
+    # a kept-alive connection of `a` holding the only slot would make `b` fail
+    params = {"name": "http", "url": server.url, "retries": 3, "backoff": 0.02}
+    a, b = make_reward(params), make_reward(params)
+    for _ in range(3):
+        np.testing.assert_array_equal(a.score(images, prompts).score, b.score(images, prompts).score)
+    assert requests.get(server.url + "/health", timeout=5).headers["Connection"] == "close"
+
+
 def test_hosts_any_spec(servers: list[RewardServer]) -> None:
     spec = {
         "name": "weighted",

@@ -13,7 +13,8 @@ Limits, each answered with a JSON `{"error": …}`:
   `Content-Length`);
 - `max_image_pixels`: per image, checked from the PNG header before decompressing (400);
 - `max_connections`: connections beyond it are answered 503 at once and closed (load shedding;
-  the client retries with backoff);
+  the client retries with backoff). Kept-alive connections hold a slot, so set it above the
+  number of clients; at capacity every answer closes its connection, so slots rotate;
 - `max_concurrency`: batches scored at the same time (default 1: one model, one batch at a
   time); a request waits at most `queue_timeout` seconds for its turn, then gets 503;
 - `request_timeout`: seconds a connection may stay silent (idle keep-alive or a stalled body).
@@ -73,7 +74,9 @@ class RewardServer(ThreadingHTTPServer):
         self.max_image_pixels = max_image_pixels
         self.queue_timeout = queue_timeout
         self.request_timeout = request_timeout
-        self._connections = threading.BoundedSemaphore(max_connections)
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self._lock = threading.Lock()
         self._scoring = threading.BoundedSemaphore(max_concurrency)
         self._thread: threading.Thread | None = None
         if ":" in address[0]:
@@ -98,7 +101,10 @@ class RewardServer(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the connection to a thread, or answer 503 when `max_connections` are open."""
-        if not self._connections.acquire(blocking=False):
+        with self._lock:
+            admitted = self.open_connections < self.max_connections
+            self.open_connections += admitted
+        if not admitted:
             body = json.dumps({"error": "server busy: too many connections; retry later"}).encode()
             head = (
                 "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -114,7 +120,13 @@ class RewardServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._connections.release()
+            with self._lock:
+                self.open_connections -= 1
+
+    def at_capacity(self) -> bool:
+        """All `max_connections` are open: answers then close their connection, so that clients
+        waiting for a slot get one (kept-alive connections would otherwise hold every slot)."""
+        return self.open_connections >= self.max_connections
 
     def start(self) -> None:
         """Serve from a daemon thread (returns at once)."""
@@ -135,10 +147,14 @@ class RewardServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: RewardServer
     protocol_version = "HTTP/1.1"  # keep-alive: the client reuses its connection
+    wbufsize = -1  # buffered: head and body leave in one send, flushed after each request
 
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.request_timeout)  # idle keep-alive, stalled bodies
+        if self.connection.family in (socket.AF_INET, socket.AF_INET6):
+            # without it, Nagle's algorithm and the client's delayed ACK can stall an answer 40 ms
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -223,7 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if status == 503:
             self.send_header("Retry-After", "1")
-        if close:
+        if close or self.server.at_capacity():
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
