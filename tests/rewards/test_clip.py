@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tpgrpo.errors import UserError
 from tpgrpo.rewards import make_reward
@@ -23,7 +24,6 @@ WORDS = sorted({w for p in PROMPTS for w in p.split()})
 
 def build_tiny_clip(directory: Path, seed: int = 0) -> None:
     """Save a random tiny `CLIPModel` (safetensors) and its processor to `directory`."""
-    import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     from tpgrpo.world.tiny import CLIP_BOS, CLIP_EOS, clip_vocabulary
@@ -65,7 +65,6 @@ def images() -> np.ndarray:
 
 def _direct_logits(model_dir: Path, images: np.ndarray, prompts: list[str]) -> np.ndarray:
     """`logits_per_image` diagonal of `CLIPModel.forward` = exp(logit_scale) · cos, per pair `[N]`."""
-    import torch
     from transformers import AutoProcessor, CLIPModel
 
     model = CLIPModel.from_pretrained(model_dir).eval()
@@ -173,6 +172,11 @@ def test_missing_model_says_how_to_get_it(tmp_path: Path, model_dir: Path) -> No
         ({"dtype": "float64"}, "dtype must be one of"),
         ({"batch_size": 0}, "batch_size must be a positive integer"),
         ({"device": "tpu:x"}, "bad device"),
+        pytest.param(
+            {"device": "cuda"},
+            "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available"),
+        ),
     ],
 )
 def test_bad_parameters(model_dir: Path, params: dict[str, object], match: str) -> None:

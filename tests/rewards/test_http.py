@@ -71,7 +71,7 @@ class _ScriptedHandler(BaseHTTPRequestHandler):
         if step == "ok":
             self._json(200, ok)
         elif step == "slow":
-            time.sleep(1.0)
+            time.sleep(2.0)
             self._json(200, ok)
         elif step == "drop":
             self.close_connection = True  # close without an answer
@@ -210,7 +210,7 @@ def test_slow_server_times_out(scripted: Any, batch: Any) -> None:
     t0 = time.perf_counter()
     with pytest.raises(RewardError, match=r"no answer within the timeout of 0\.2 s \(gave up after 2"):
         reward.score(batch[0][:1], batch[1][:1])
-    assert time.perf_counter() - t0 < 0.9  # did not wait for the 1 s answers
+    assert time.perf_counter() - t0 < 1.5  # did not wait for the 2 s answers
 
 
 def test_client_errors_are_not_retried(scripted: Any, batch: Any) -> None:

@@ -182,7 +182,7 @@ def test_reward_failures_are_500(fake: None, servers: list[RewardServer]) -> Non
 
 
 def test_concurrency_is_bounded(fake: None, servers: list[RewardServer]) -> None:
-    server = serve({"name": "fake", "mode": "slow", "delay": 0.2}, max_concurrency=2, queue_timeout=10)
+    server = serve({"name": "fake", "mode": "slow", "delay": 0.3}, max_concurrency=2, queue_timeout=10)
     servers.append(server)
     body = _body(np.zeros((1, 8, 8, 3), dtype=np.uint8), ["a"])
     statuses: list[int] = []
@@ -201,7 +201,7 @@ def test_concurrency_is_bounded(fake: None, servers: list[RewardServer]) -> None
 
 
 def test_a_full_queue_answers_503(fake: None, servers: list[RewardServer]) -> None:
-    server = serve({"name": "fake", "mode": "slow", "delay": 0.5}, max_concurrency=1, queue_timeout=0.05)
+    server = serve({"name": "fake", "mode": "slow", "delay": 1.0}, max_concurrency=1, queue_timeout=0.05)
     servers.append(server)
     body = _body(np.zeros((1, 8, 8, 3), dtype=np.uint8), ["a"])
     answers: list[requests.Response] = []
@@ -221,7 +221,7 @@ def test_a_full_queue_answers_503(fake: None, servers: list[RewardServer]) -> No
 
 
 def test_connections_are_bounded_and_idle_ones_time_out(servers: list[RewardServer]) -> None:
-    server = serve("shapes", max_connections=1, request_timeout=0.3)
+    server = serve("shapes", max_connections=1, request_timeout=1.0)
     servers.append(server)
     idle = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5)  # holds the only slot
     time.sleep(0.05)
@@ -284,10 +284,18 @@ def test_shutdown_is_idempotent_and_final() -> None:
         requests.get(url + "/health", timeout=2)
 
 
-def test_serve_forever_runs_until_interrupted() -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_serve_forever_runs_until_stopped(stop: signal.Signals) -> None:
     code = "from tpgrpo.rewards.server import serve_forever as f; f({'name': 'jpeg', 'scale': 500}, port=0)"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    # a background job inherits an ignored SIGINT; the child gets the default back, as a terminal would give
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -295,7 +303,7 @@ def test_serve_forever_runs_until_interrupted() -> None:
         url = line.rsplit(" at ", 1)[1].strip()
         assert url.startswith("http://127.0.0.1:")
         assert requests.get(url + "/health", timeout=5).json()["key"] == "jpeg"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         out, _ = proc.communicate(timeout=10)
         assert proc.returncode == 0 and "reward server stopped" in out
     finally:

@@ -99,7 +99,7 @@ class ClipReward:
 
         if kind not in DOWNLOAD:
             raise UserError(f"unknown CLIP reward kind {kind!r}; choose from {sorted(DOWNLOAD)}")
-        name = kind
+        name = kind  # for messages
         if dtype not in DTYPES:
             raise UserError(f"{name} reward: dtype must be one of {list(DTYPES)}, got {dtype!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -108,6 +108,8 @@ class ClipReward:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as e:
             raise UserError(f"{name} reward: bad device {device!r} ({e}); e.g. 'cpu' or 'cuda:0'") from e
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"{name} reward: device {device!r} but CUDA is not available here; use 'cpu'")
         model_dir = _model_dir(name, "model_path", model_path)
         weights = sorted(model_dir.glob("*.safetensors"))
         if not (model_dir / "config.json").is_file() or not weights:
@@ -126,8 +128,7 @@ class ClipReward:
         self.batch_size = batch_size
         self.normalize = normalize
         self.key = key or kind
-        divisor = (PICKSCORE_NORM if kind == "pickscore" else CLIPSCORE_WEIGHT) if normalize else 1.0
-        self.divisor = divisor
+        self.divisor = (PICKSCORE_NORM if kind == "pickscore" else CLIPSCORE_WEIGHT) if normalize else 1.0
         formula = f"1:{kind}:{'norm' if normalize else 'raw'}:{dtype}"
         self.version = version or f"{formula}:{_digest([*weights, *_small_files(model_dir, processor_dir)])}"
 

@@ -15,6 +15,9 @@ Faults:
 - either way the result is a `RewardError` that names the server and the fault; a `RewardResult`
   never holds a NaN.
 
+Scoring is idempotent, so resending a request whose answer was lost or late is safe (the server
+may score that batch twice).
+
 The client is safe to share between threads (one HTTP session per thread).
 """
 
@@ -74,7 +77,7 @@ class HttpReward:
             raise UserError(f"http reward: timeout must be a positive number of seconds, got {timeout!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise UserError(f"http reward: retries must be an integer ≥ 0, got {retries!r}")
-        if not (_positive(backoff) or backoff == 0):
+        if not (_positive(backoff) or (backoff == 0 and not isinstance(backoff, bool))):
             raise UserError(f"http reward: backoff must be a number of seconds ≥ 0, got {backoff!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"http reward: batch_size must be a positive integer, got {batch_size!r}")
@@ -175,6 +178,7 @@ class HttpReward:
                 )
             except requests.Timeout:
                 fault = f"no answer within the timeout of {self.timeout:g} s"
+                self.close()  # a late answer must not be read as the next one's
                 continue
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
                 fault = f"connection failed ({type(e).__name__}: {_first_line(e)})"

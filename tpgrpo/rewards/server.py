@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import socket
 import threading
 from collections.abc import Mapping
@@ -309,19 +310,30 @@ def serve(
 def serve_forever(
     spec: str | Mapping[str, Any], host: str = "127.0.0.1", port: int = 8765, **limits: Any
 ) -> None:
-    """Serve `spec` in the foreground until interrupted (Ctrl-C); for `tpgrpo serve-reward`.
+    """Serve `spec` in the foreground until Ctrl-C or SIGTERM; for `tpgrpo serve-reward`.
+
+    Prints `serving reward '<key>' version '<version>' at <url>` once listening and
+    `reward server stopped` at the end. SIGTERM (`docker stop`, `kill`) stops it like Ctrl-C when
+    called from the main thread (a background job may ignore SIGINT; it never ignores SIGTERM).
 
     Args:
         spec, host, port: as `serve` (default port 8765).
         **limits: `serve`'s limits (`max_request_bytes`, `max_concurrency`, …).
     """
     server = serve(spec, host, port, start=False, **limits)
-    print(
-        f"serving reward {server.reward.key!r} version {server.reward.version!r} at {server.url}", flush=True
-    )
+    reward = server.reward
+    print(f"serving reward {reward.key!r} version {reward.version!r} at {server.url}", flush=True)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         print("reward server stopped", flush=True)
     finally:
         server.server_close()
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
