@@ -7,9 +7,11 @@ draws exactly what an uninterrupted one would have drawn.
 - **VAE** (`AutoencoderKL`): L1 + MSE reconstruction of 64×64 images plus a small KL term; then SD3's
   latent normalisation `z = (latent − shift_factor)·scaling_factor` is fitted to the data (mean 0,
   std 1) and written into the VAE config.
-- **Transformer + text encoders**: the rectified-flow loss of SD3 — `x_σ = (1 − σ)·z + σ·ε`, target
-  velocity `ε − z`, σ ~ logit-normal(0, 1), timestep `1000·σ` — with caption dropout to the empty
-  prompt (so classifier-free guidance works), AdamW with warmup then a constant rate (a run of
+- **Transformer** (text encoders frozen at their seeded initialisation, as SD3 keeps its text
+  encoders frozen): the rectified-flow loss of SD3 — `x_σ = (1 − σ)·z + σ·ε`, target velocity
+  `ε − z`, σ ~ logit-normal(0, 1), timestep `1000·σ` — on a fixed pool of encoded scenes (fresh
+  posterior samples each step), with caption dropout to the empty prompt (so classifier-free
+  guidance works), AdamW with warmup then a constant rate (a run of
   `n` steps is a prefix of a longer one), an EMA of the weights, which is what gets saved.
 
 State between chunks is saved as safetensors + JSON under a work directory (`models/state.py`).
@@ -53,7 +55,8 @@ class PretrainConfig:
     warmup: int = 500
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
-    save_every: int = 1000
+    save_every: int = 500
+    pool_size: int = 65536
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -116,7 +119,7 @@ def train_vae(pipeline: Any, cfg: PretrainConfig, work: Path, progress: Progress
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
             opt.step()
             if progress is not None:
-                progress(step, {"loss": float(loss), "recon": float(rec)})
+                progress(step, {"loss": float(loss.detach()), "recon": float(rec.detach())})
         _save_phase(state_dir, {"vae": vae}, opt, b)
     vae.eval().requires_grad_(False)
 
@@ -139,30 +142,63 @@ def fit_latent_normalisation(pipeline: Any, cfg: PretrainConfig, samples: int = 
 # --- transformer + text encoders -------------------------------------------------------------------
 
 
-def _trained_modules(pipeline: Any) -> dict[str, torch.nn.Module]:
-    return {
-        "transformer": pipeline.transformer,
-        "text_encoder": pipeline.text_encoder,
-        "text_encoder_2": pipeline.text_encoder_2,
-        "text_encoder_3": pipeline.text_encoder_3,
-    }
+@dataclass
+class LatentPool:
+    """A fixed pool of encoded scenes: posterior mean and std `[N, C, h, w]` and their prompts.
+
+    Encoding every training batch afresh would cost as much as the transformer's forward; the
+    pool is encoded once and each step draws a batch from it with a fresh posterior sample.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    prompts: list[str]
 
 
-def _named_params(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    return {f"{m}.{n}": p for m, module in modules.items() for n, p in module.named_parameters()}
+@torch.no_grad()
+def build_latent_pool(pipeline: Any, cfg: PretrainConfig, work: Path, chunk: int = 256) -> LatentPool:
+    """Encode `cfg.pool_size` scenes (deterministic under the seed; cached in `work/pool`)."""
+    from safetensors.torch import load_file, save_file
+
+    where = work / "pool"
+    if (where / "prompts.json").is_file():
+        tensors = load_file(where / "latents.st")
+        return LatentPool(tensors["mean"], tensors["std"], json.loads((where / "prompts.json").read_text()))
+    vae = pipeline.vae.to(memory_format=torch.channels_last)
+    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+    means, stds, prompts = [], [], []
+    for i in range(0, cfg.pool_size, chunk):
+        rng, _ = step_rng(cfg.seed, 3, i)
+        images, batch_prompts = sample_batch(rng, min(chunk, cfg.pool_size - i))
+        posterior = vae.encode(to_pixels(images).contiguous(memory_format=torch.channels_last)).latent_dist
+        means.append((posterior.mean.float() - shift) * scale)  # [b, C, h, w] in normalised units
+        stds.append(posterior.std.float() * scale)
+        prompts.extend(batch_prompts)
+    pool = LatentPool(torch.cat(means).contiguous(), torch.cat(stds).contiguous(), prompts)
+    where.mkdir(parents=True, exist_ok=True)
+    save_file({"mean": pool.mean, "std": pool.std}, where / "latents.st")
+    (where / "prompts.json").write_text(json.dumps(prompts))
+    return pool
 
 
-def encode_with_grad(pipeline: Any, prompts: list[str], max_sequence_length: int) -> Conditioning:
-    """`encode_prompt` with gradients to the text encoders (pretraining trains them)."""
-    embeds, _, pooled, _ = pipeline.encode_prompt(
-        prompt=prompts,
-        prompt_2=None,
-        prompt_3=None,
-        device=torch.device("cpu"),
-        do_classifier_free_guidance=False,
-        max_sequence_length=max_sequence_length,
-    )
-    return Conditioning(embeds=embeds, pooled=pooled)
+class PromptCache:
+    """Frozen text-encoder outputs per prompt (the text encoders stay at their initialisation)."""
+
+    def __init__(self, policy: SD3Policy):
+        self.policy = policy
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, prompts: list[str]) -> Conditioning:
+        missing = sorted({p for p in prompts if p not in self.cache})
+        for i in range(0, len(missing), 256):
+            part = missing[i : i + 256]
+            cond = self.policy.encode(part)
+            for j, p in enumerate(part):
+                self.cache[p] = (cond.embeds[j], cond.pooled[j])
+        return Conditioning(
+            embeds=torch.stack([self.cache[p][0] for p in prompts]),  # [B, L, D]
+            pooled=torch.stack([self.cache[p][1] for p in prompts]),  # [B, P]
+        )
 
 
 def train_transformer(
@@ -172,34 +208,35 @@ def train_transformer(
     max_sequence_length: int,
     progress: Progress | None = None,
 ) -> None:
-    """Train transformer + text encoders to `cfg.steps`, resuming from `work/transformer`.
+    """Train the transformer to `cfg.steps` on the latent pool, resuming from `work/transformer`.
 
-    At the end the EMA weights are copied into the pipeline's modules.
+    The text encoders stay frozen (as in SD3 training). At the end the EMA weights are copied into
+    the transformer.
     """
-    modules = _trained_modules(pipeline)
-    params = _named_params(modules)
+    transformer = pipeline.transformer
+    modules = {"transformer": transformer}
+    params = dict(transformer.named_parameters())
     policy = SD3Policy(pipeline, max_sequence_length=max_sequence_length)
+    pool = build_latent_pool(pipeline, cfg, work)
+    text = PromptCache(policy)
     opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=0.01)
     ema = EMA(params, cfg.ema_decay)
     state_dir = work / "transformer"
     start = _load_phase(state_dir, modules, opt, ema)
-    for module in modules.values():
-        module.train().requires_grad_(True)
-    pipeline.vae.eval().requires_grad_(False)
+    transformer.train().requires_grad_(True)
     for a, b in _chunks(start, cfg.steps, cfg.save_every):
         for step in range(a, b):
             rng, gen = step_rng(cfg.seed, 2, step)
-            images, prompts = sample_batch(rng, cfg.batch)
-            drop = rng.random(len(prompts)) < cfg.caption_dropout
-            prompts = ["" if d else p for p, d in zip(prompts, drop, strict=True)]
-            with torch.no_grad():
-                z = policy.encode_images(images, gen)  # [B, C, h, w], normalised
+            idx = torch.from_numpy(rng.integers(0, len(pool.prompts), cfg.batch))  # [B]
+            drop = rng.random(cfg.batch) < cfg.caption_dropout
+            prompts = ["" if d else pool.prompts[i] for i, d in zip(idx.tolist(), drop, strict=True)]
+            eps = torch.randn(pool.mean[idx].shape, generator=gen)
+            z = pool.mean[idx] + pool.std[idx] * eps  # [B, C, h, w] posterior sample
             noise = torch.randn(z.shape, generator=gen)  # [B, C, h, w]
             sigma = torch.sigmoid(torch.randn(z.shape[0], generator=gen))  # [B] logit-normal(0, 1)
             s = sigma.view(-1, 1, 1, 1)
             x = (1 - s) * z + s * noise  # [B, C, h, w]
-            cond = encode_with_grad(pipeline, prompts, max_sequence_length)
-            pred = policy.forward(x, sigma, cond)  # [B, C, h, w]
+            pred = policy.forward(x, sigma, text(prompts))  # [B, C, h, w]
             loss = F.mse_loss(pred, noise - z)
             for g in opt.param_groups:
                 g["lr"] = constant_lr(step, cfg.lr, cfg.warmup)
@@ -209,11 +246,10 @@ def train_transformer(
             opt.step()
             ema.update(params)
             if progress is not None:
-                progress(step, {"loss": float(loss)})
+                progress(step, {"loss": float(loss.detach())})
         _save_phase(state_dir, modules, opt, b, ema)
     ema.copy_to(params)
-    for module in modules.values():
-        module.eval().requires_grad_(False)
+    transformer.eval().requires_grad_(False)
 
 
 # --- phase state ----------------------------------------------------------------------------------
