@@ -178,6 +178,9 @@ def test_second_process_refused_while_locked(reference_run: RunLayout, prefect_e
     from tpgrpo.errors import RunLockedError
     from tpgrpo.storage.lock import run_lock
 
-    with run_lock(reference_run.lock()), pytest.raises(RunLockedError, match="locked by pid"):
-        with run_lock(reference_run.lock()):
-            pass
+    with (
+        run_lock(reference_run.lock()),
+        pytest.raises(RunLockedError, match="locked by pid"),
+        run_lock(reference_run.lock()),
+    ):
+        pass

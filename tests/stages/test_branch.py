@@ -90,7 +90,7 @@ def test_stage_writes_all_boundaries(make_cfg: Any, policy: Any, tmp_path: Path)
     manifest = finalize_dataset(
         out, "branches", inputs={}, config_hash="t", model_evals=int(stats["model_evals"])
     )
-    w0, w = cfg.sampling.window
+    _, w = cfg.sampling.window
     t = read_table(out, "branches").sort_by([("trajectory_id", "ascending"), ("boundary", "ascending")])
     assert t.num_rows == roll.num_rows * (w + 1) == manifest.rows
     assert manifest.model_evals == sum(t.column("model_evals").to_pylist())

@@ -51,7 +51,7 @@ def test_groups_seeds_and_shapes(make_cfg: Any, policy: Any, tmp_path: Path) -> 
     states = decode_tensor_column(table, "states")  # [N, T+1, C, h, w]
     t_steps = cfg.sampling.num_steps
     assert states.shape == (g * groups, t_steps + 1, 4, 8, 8)
-    w0, w = cfg.sampling.window
+    _, w = cfg.sampling.window
     assert all(len(lp) == w for lp in table.column("log_probs").to_pylist())
     assert decode_png(table.column("image")[0].as_py()).shape == (32, 32, 3)
     # s_0 is the trajectory's own seeded noise

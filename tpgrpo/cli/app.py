@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from tpgrpo.cli import config_cmd, pretrain_cmd, train_cmd
+from tpgrpo.cli import audit_cmd, config_cmd, ops_cmd, pretrain_cmd, report_cmd, runs_cmd, train_cmd
 from tpgrpo.errors import TpgrpoError, UserError
 
 app = typer.Typer(
@@ -28,6 +28,12 @@ app.command("train")(train_cmd.train)
 app.command("stage")(train_cmd.stage)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(pretrain_cmd.app, name="pretrain")
+app.command("rescore")(ops_cmd.rescore)
+app.command("annotate")(ops_cmd.annotate)
+app.command("evaluate")(ops_cmd.evaluate)
+app.add_typer(runs_cmd.app, name="runs")
+app.add_typer(audit_cmd.app, name="audit")
+app.command("report")(report_cmd.report)
 
 
 def prefect_environment() -> None:

@@ -184,8 +184,20 @@ def _ckpt_hash(ctx: RunContext, iteration: int) -> str:
     return read_blob_manifest(ctx.layout.checkpoint(iteration), ctx.storage_options).hash
 
 
-def plan(ctx: RunContext, stage: str, iteration: int, *, spec: Any = None, mode: str | None = None) -> Plan:
-    """The plan of a dataset stage; raises `DataError` when an input is not finished yet."""
+def plan(
+    ctx: RunContext,
+    stage: str,
+    iteration: int,
+    *,
+    spec: Any = None,
+    mode: str | None = None,
+    key: str | None = None,
+) -> Plan:
+    """The plan of a dataset stage; raises `DataError` when an input is not finished yet.
+
+    `key` (annotate only) names stored scores directly, so annotating them never builds the reward
+    model; by default it is the key of `spec` (the config's reward when `spec` is None).
+    """
     layout, cfg = ctx.layout, ctx.cfg
     if stage == "rollout":
         inputs = {"prompts": _hash(ctx, layout.prompts()), "checkpoint": _ckpt_hash(ctx, iteration)}
@@ -198,7 +210,9 @@ def plan(ctx: RunContext, stage: str, iteration: int, *, spec: Any = None, mode:
             stage, iteration, layout.branches(iteration), "branches", inputs, stage_config_hash(cfg, stage)
         )
     spec = cfg.reward.spec if spec is None else spec
-    key = ctx.reward_key(spec)
+    if key is not None and stage != "annotate":
+        raise ValueError(f"plan: key= applies to the annotate stage only, not {stage!r}")
+    key = key if key is not None else ctx.reward_key(spec)
     if stage == "score":
         inputs = {"branches": _hash(ctx, layout.branches(iteration))}
         return Plan(
@@ -331,10 +345,15 @@ def annotate_step(
     log: Log = _quiet,
     spec: Any = None,
     mode: str | None = None,
+    key: str | None = None,
 ) -> Any:
-    """Annotate one iteration with `mode` (default: the config's) from the scores of `spec`."""
+    """Annotate one iteration with `mode` (default: the config's) from the scores of `spec`.
+
+    `key` names the stored scores instead of `spec` (no reward model is built).
+    """
     mode = mode or ctx.cfg.reward.mode
-    p = plan(ctx, "annotate", iteration, spec=spec, mode=mode)
+    key = key if key is not None else ctx.reward_key(spec)
+    p = plan(ctx, "annotate", iteration, spec=spec, mode=mode, key=key)
     if prepare(ctx, p, force) == "skip":
         log(f"annotate it{iteration} ({mode}): done, skipped")
         return read_manifest(p.output, ctx.storage_options)
@@ -343,7 +362,7 @@ def annotate_step(
         iteration=iteration,
         config=AnnotationConfig(mode=mode, initial_step=r.initial_step, balance=r.balance),
         adv_cfg=ctx.cfg.advantage,
-        rewards_uri=ctx.layout.rewards(iteration, ctx.reward_key(spec)),
+        rewards_uri=ctx.layout.rewards(iteration, key),
         rollouts_uri=ctx.layout.rollouts(iteration),
         output=p.output,
         storage_options=ctx.storage_options,

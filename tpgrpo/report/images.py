@@ -74,3 +74,58 @@ def task_grid(
             ]
         )
     labelled_grid(rows, labels, captions, scale=2).save(path)
+
+
+def annotated_strip(
+    images: Sequence[np.ndarray],
+    captions: Sequence[Sequence[str]],
+    title: str = "",
+    *,
+    scale: int = 3,
+    highlight: Sequence[bool] | None = None,
+    font_size: int = 12,
+) -> Image.Image:
+    """One row of uint8 images `[H, W, 3]`, each with lines of caption below, and a title above.
+
+    Args:
+        images (`Sequence[np.ndarray]`): the images, left to right.
+        captions (`Sequence[Sequence[str]]`): lines of text under each image.
+        title (`str`): a line above the strip (cut to the strip's width).
+        scale (`int`): nearest-neighbour upscaling of each image.
+        highlight (`Sequence[bool]`, *optional*): images to frame in red (e.g. turning points).
+        font_size (`int`): caption font size in pixels.
+    """
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=font_size)
+    h, w = images[0].shape[:2]
+    cell_w, cell_h = w * scale, h * scale
+    line_h = font_size + 3
+    lines = max((len(c) for c in captions), default=0)
+    pad, title_h = 6, (line_h + 4 if title else 0)
+    width = pad + len(images) * (cell_w + pad)
+    height = title_h + pad + cell_h + 4 + lines * line_h + pad
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, 3), title, fill=TEXT, font=font)
+    for i, image in enumerate(images):
+        x, y = pad + i * (cell_w + pad), title_h + pad
+        big = Image.fromarray(image).resize((cell_w, cell_h), Image.Resampling.NEAREST)
+        canvas.paste(big, (x, y))
+        if highlight is not None and highlight[i]:
+            draw.rectangle((x - 3, y - 3, x + cell_w + 2, y + cell_h + 2), outline=(220, 30, 30), width=3)
+        for k, text in enumerate(captions[i]):
+            draw.text((x, y + cell_h + 4 + k * line_h), text, fill=TEXT, font=font)
+    return canvas
+
+
+def stack_vertically(parts: Sequence[Image.Image], gap: int = 8) -> Image.Image:
+    """Images stacked top to bottom on a white background, left-aligned."""
+    width = max(p.width for p in parts)
+    canvas = Image.new("RGB", (width, sum(p.height for p in parts) + gap * (len(parts) - 1)), BACKGROUND)
+    y = 0
+    for p in parts:
+        canvas.paste(p, (0, y))
+        y += p.height + gap
+    return canvas

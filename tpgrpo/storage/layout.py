@@ -159,6 +159,28 @@ class RunLayout:
         found = (_ITER_DIR.fullmatch(name) for name in list_dirs(fs, path))
         return sorted(int(m.group(1)) for m in found if m)
 
+    def _subdirs(self, uri: str, pattern: re.Pattern[str]) -> list[str]:
+        fs, path = filesystem_for(uri, self.storage_options)
+        return [name for name in list_dirs(fs, path) if pattern.fullmatch(name) and ".." not in name]
+
+    def list_rewards(self, iteration: int) -> list[str]:
+        """The reward keys that have a directory under `iter=NNNN/rewards`, sorted."""
+        return self._subdirs(join_uri(self.iteration_dir(iteration), "rewards"), _KEY)
+
+    def list_annotations(self, iteration: int, reward_key: str) -> list[str]:
+        """The modes that have a directory under `iter=NNNN/annotations/<reward_key>`, sorted."""
+        uri = join_uri(self.iteration_dir(iteration), "annotations", validate_key(reward_key))
+        return self._subdirs(uri, _KEY)
+
+    def list_evals(self) -> list[tuple[str, str]]:
+        """The `(checkpoint, reward_key)` pairs that have a directory under `eval/`, sorted."""
+        base = join_uri(self.run_dir, "eval")
+        return [
+            (name, key)
+            for name in self._subdirs(base, _CHECKPOINT)
+            for key in self._subdirs(join_uri(base, name), _KEY)
+        ]
+
 
 def list_runs(root: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """The run ids under `root` that have a `run.json`, sorted.

@@ -98,3 +98,22 @@ def run_lock(
                 remove_file(fs, path)
         except (FileNotFoundError, json.JSONDecodeError):
             pass
+
+
+def lease_holder(
+    uri: str, storage_options: Mapping[str, Any] | None = None, *, stale_after_s: float = STALE_AFTER_S
+) -> dict[str, Any] | None:
+    """The owner of a live lease on `uri` (host, pid, since, heartbeat), or `None` when free or stale.
+
+    For status displays; acquiring goes through `run_lock`.
+    """
+    fs, path = filesystem_for(uri, storage_options)
+    if not exists(fs, path):
+        return None
+    try:
+        held = json.loads(read_bytes(fs, path))
+    except (json.JSONDecodeError, FileNotFoundError):
+        return None
+    if not isinstance(held, dict) or _is_stale(held, time.time(), stale_after_s):
+        return None
+    return held
