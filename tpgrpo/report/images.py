@@ -90,7 +90,7 @@ def annotated_strip(
     Args:
         images (`Sequence[np.ndarray]`): the images, left to right.
         captions (`Sequence[Sequence[str]]`): lines of text under each image.
-        title (`str`): a line above the strip (cut to the strip's width).
+        title (`str`): text above the strip; `\n` separates lines (each cut to the strip's width).
         scale (`int`): nearest-neighbour upscaling of each image.
         highlight (`Sequence[bool]`, *optional*): images to frame in red (e.g. turning points).
         font_size (`int`): caption font size in pixels.
@@ -102,13 +102,14 @@ def annotated_strip(
     cell_w, cell_h = w * scale, h * scale
     line_h = font_size + 3
     lines = max((len(c) for c in captions), default=0)
-    pad, title_h = 6, (line_h + 4 if title else 0)
+    title_lines = title.split("\n") if title else []
+    pad, title_h = 6, len(title_lines) * line_h + (4 if title_lines else 0)
     width = pad + len(images) * (cell_w + pad)
     height = title_h + pad + cell_h + 4 + lines * line_h + pad
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((pad, 3), title, fill=TEXT, font=font)
+    for k, text in enumerate(title_lines):
+        draw.text((pad, 3 + k * line_h), text, fill=TEXT, font=font)
     for i, image in enumerate(images):
         x, y = pad + i * (cell_w + pad), title_h + pad
         big = Image.fromarray(image).resize((cell_w, cell_h), Image.Resampling.NEAREST)

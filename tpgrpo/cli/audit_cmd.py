@@ -1,0 +1,122 @@
+"""`tpgrpo audit trajectory|turning-points|verify`: inspect and check what a run stored."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from tpgrpo.cli.common import RootOption, RunOption, echo, load_run
+
+app = typer.Typer(
+    help="Audit stored trajectories, turning points and the integrity of a run.", no_args_is_help=True
+)
+
+RewardKeyOption = Annotated[
+    str | None, typer.Option("--reward", help="Stored reward key [default: the run's reward]")
+]
+ModeOption = Annotated[str | None, typer.Option("--mode", help="Reward mode [default: the run's]")]
+
+
+def key_and_mode(ctx: Any, reward: str | None, mode: str | None) -> tuple[str, str]:
+    """The reward key and mode to read (validated: stored key, known mode)."""
+    from tpgrpo.report.runs import config_reward_key
+    from tpgrpo.report.select import check_modes, check_reward_key
+
+    m = check_modes([mode])[0] if mode is not None else ctx.cfg.reward.mode
+    if reward is None:
+        return config_reward_key(ctx), m
+    stored = sorted({k for i in ctx.layout.list_iterations() for k in ctx.layout.list_rewards(i)})
+    return check_reward_key(reward, stored, run_id=ctx.layout.run_id), m
+
+
+def annotated_iterations(ctx: Any, key: str, mode: str) -> list[int]:
+    """The iterations with finished annotations of `key`/`mode`."""
+    from tpgrpo.report.runs import manifest_or_none
+
+    return [
+        i
+        for i in ctx.layout.list_iterations()
+        if key in ctx.layout.list_rewards(i)
+        and manifest_or_none(ctx.layout.annotations(i, key, mode), ctx.storage_options) is not None
+    ]
+
+
+@app.command("trajectory")
+def trajectory(
+    run: RunOption,
+    iteration: Annotated[int, typer.Option("--iter", help="Iteration index")],
+    traj: Annotated[int, typer.Option("--traj", help="Trajectory id within the iteration")],
+    png: Annotated[
+        str | None, typer.Option("--png", help="Also write a PNG strip of its branch images here")
+    ] = None,
+    reward: RewardKeyOption = None,
+    mode: ModeOption = None,
+    root: RootOption = None,
+) -> None:
+    """One trajectory: boundary rewards, increments, turning points, step rewards and advantages."""
+    from tpgrpo.report.select import check_iteration
+    from tpgrpo.report.trajectory import format_trajectory, load_trajectory, trajectory_strip
+
+    ctx = load_run(run, root)
+    key, m = key_and_mode(ctx, reward, mode)
+    check_iteration(iteration, annotated_iterations(ctx, key, m), run_id=run, what=f"{key}/{m} annotations")
+    audit = load_trajectory(ctx, iteration, traj, key, m)
+    echo(format_trajectory(audit))
+    if png:
+        trajectory_strip(ctx, audit).save(png)
+        echo(f"png: {png}")
+
+
+@app.command("turning-points")
+def turning_points(
+    run: RunOption,
+    reward: RewardKeyOption = None,
+    mode: ModeOption = None,
+    root: RootOption = None,
+) -> None:
+    """Per iteration: turning-point rate by step, sign balance before/after balancing, magnitudes."""
+    from tpgrpo.errors import UserError
+    from tpgrpo.report.stats import format_turning_points, read_turning_point_stats
+
+    ctx = load_run(run, root)
+    key, m = key_and_mode(ctx, reward, mode)
+    iterations = annotated_iterations(ctx, key, m)
+    if not iterations:
+        raise UserError(
+            f"run {run!r} has no finished {key}/{m} annotations; make them with "
+            f"tpgrpo annotate --run {run} --reward {key} --mode {m}"
+        )
+    stats = [
+        read_turning_point_stats(ctx.layout.annotations(i, key, m), i, ctx.storage_options)
+        for i in iterations
+    ]
+    echo(format_turning_points(stats, f"run {run}: turning points of reward {key}, mode {m}"))
+
+
+@app.command("verify")
+def verify(
+    run: RunOption,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also list everything that passed")
+    ] = False,
+    root: RootOption = None,
+) -> None:
+    """Check schemas, manifests, checksums, row counts and lineage; exit 1 listing every fault."""
+    from tpgrpo.report.verify import verify_run
+
+    ctx = load_run(run, root)
+    report = verify_run(ctx)
+    if verbose:
+        for item in report.checked:
+            echo(f"ok     {item}")
+    for fault in report.faults:
+        echo(f"FAULT  {fault}")
+    if report.faults:
+        from tpgrpo.errors import DataError
+
+        raise DataError(
+            f"run {run}: {len(report.faults)} fault(s), listed above ({len(report.checked)} item(s) passed); "
+            "rerun the named stages (with --force where a dataset is stale) to repair"
+        )
+    echo(f"run {run}: OK ({len(report.checked)} datasets and checkpoints verified)")

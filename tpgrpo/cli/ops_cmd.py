@@ -1,0 +1,171 @@
+"""`tpgrpo rescore`, `tpgrpo annotate`, `tpgrpo evaluate`: work on a stored run, no new rollouts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from tpgrpo.cli.common import RootOption, RunOption, echo, load_run
+
+ItersOption = Annotated[
+    str | None,
+    typer.Option("--iters", help="Iterations: K, A:B (A … B−1), A: or :B [default: all stored]"),
+]
+ModeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--mode",
+        help="Reward mode: flow_grpo | incremental | tp | tp_constrained | all (repeatable) "
+        "[default: the run's]",
+    ),
+]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Replace finished outputs built from other inputs or settings")
+]
+
+
+def _fmt(value: Any, spec: str = "+.4f") -> str:
+    return format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+
+def rescore(
+    run: RunOption,
+    reward: Annotated[
+        str,
+        typer.Option(
+            "--reward",
+            help="Reward: a registered name (jpeg) or JSON "
+            """('{"name": "jpeg", "quality": 50, "key": "jpeg_q50"}')""",
+        ),
+    ],
+    iters: ItersOption = None,
+    mode: ModeOption = None,
+    force: ForceOption = False,
+    root: RootOption = None,
+) -> None:
+    """Score a run's stored branch images with another reward into rewards/<key>, then re-annotate.
+
+    Nothing is generated and the run's own datasets are only read. Finished outputs are skipped.
+    """
+    from tpgrpo.flows.rescore import rescore as run_rescore
+    from tpgrpo.report.runs import config_reward_key, manifest_or_none
+
+    ctx = load_run(run, root)
+    result = run_rescore(ctx, reward, iters=iters, modes=mode, force=force)
+    key, own = result["reward_key"], config_reward_key(ctx)
+    echo(f"rescored run {run} with reward {key} (run reward: {own})")
+    echo(f"{'iter':>4}  {'mode':<15}{'score':>10}{f'{own} final':>16}{'final':>10}{'tps':>6}{'kept':>6}")
+    for i, rec in sorted(result["iterations"].items()):
+        base = manifest_or_none(ctx.layout.annotations(i, own, ctx.cfg.reward.mode), ctx.storage_options)
+        own_final = base.metrics.get("reward_final_mean") if base is not None else None
+        for m, ann in rec["annotations"].items():
+            echo(
+                f"{i:>4}  {m:<15}{_fmt(rec['score']['metrics'].get('score_mean')):>10}{_fmt(own_final):>16}"
+                f"{_fmt(ann.get('reward_final_mean')):>10}{ann.get('turning_points', 0):>6}"
+                f"{ann.get('kept', 0):>6}"
+            )
+    echo(f"scores:      {ctx.layout.run_dir}/iter=NNNN/rewards/{key}")
+    echo(f"annotations: {ctx.layout.run_dir}/iter=NNNN/annotations/{key}/<mode>")
+
+
+def annotate(
+    run: RunOption,
+    reward: Annotated[
+        str, typer.Option("--reward", help="Stored reward key (rewards/<key>) to annotate from")
+    ],
+    mode: Annotated[
+        list[str],
+        typer.Option(
+            "--mode", help="Reward mode, or all (repeatable): flow_grpo | incremental | tp | tp_constrained"
+        ),
+    ],
+    iters: ItersOption = None,
+    force: ForceOption = False,
+    root: RootOption = None,
+) -> None:
+    """Re-annotate stored scores with another reward mode (an ablation: seconds of CPU, no sampling)."""
+    from tpgrpo.flows.rescore import guard_training_data
+    from tpgrpo.flows.steps import annotate_step
+    from tpgrpo.report.runs import finished_iterations
+    from tpgrpo.report.select import check_modes, check_reward_key, select_iterations
+    from tpgrpo.storage.lock import run_lock
+
+    ctx = load_run(run, root)
+    modes = check_modes(mode)
+    stored = sorted({k for i in ctx.layout.list_iterations() for k in ctx.layout.list_rewards(i)})
+    key = check_reward_key(reward, stored, run_id=run)
+    iterations = select_iterations(
+        iters, finished_iterations(ctx, "rewards", key), run_id=run, what=f"stored {key!r} scores"
+    )
+    guard_training_data(ctx, key, modes, force)
+    echo(f"{'iter':>4}  {'mode':<15}{'initial':>10}{'final':>10}{'tps':>6}{'kept':>6}{'zero-adv':>10}")
+    with run_lock(ctx.layout.lock(), ctx.storage_options):
+        for i in iterations:
+            for m in modes:
+                metrics = annotate_step(ctx, i, force, key=key, mode=m).metrics
+                echo(
+                    f"{i:>4}  {m:<15}{_fmt(metrics.get('reward_initial_mean')):>10}"
+                    f"{_fmt(metrics.get('reward_final_mean')):>10}{metrics.get('turning_points', 0):>6}"
+                    f"{metrics.get('kept', 0):>6}{metrics.get('zero_advantage_trajectories', 0):>10}"
+                )
+    echo(f"annotations: {ctx.layout.run_dir}/iter=NNNN/annotations/{key}/<mode>")
+
+
+def evaluate(
+    run: RunOption,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option("--checkpoint", help="Checkpoint K (0 = base model), latest or all [default: latest]"),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="ODE steps [default: the run's sampling.eval_steps]")
+    ] = None,
+    reward: Annotated[
+        str | None, typer.Option("--reward", help="Reward name or JSON spec [default: the run's]")
+    ] = None,
+    prompts: Annotated[
+        str | None,
+        typer.Option("--prompts", help="Prompt set: test | train | a .jsonl/.txt file [default: test]"),
+    ] = None,
+    per_task: Annotated[
+        int | None, typer.Option("--prompts-per-task", help="Only the first N prompts of each task")
+    ] = None,
+    replicates: Annotated[int, typer.Option("--replicates", help="Samples (seeds) per prompt")] = 1,
+    force: ForceOption = False,
+    root: RootOption = None,
+) -> None:
+    """Evaluate checkpoints: ODE samples of held-out prompts with the EMA weights, scored per task."""
+    from tpgrpo.flows.evaluate import run_evaluation
+
+    ctx = load_run(run, root)
+    results = run_evaluation(
+        ctx,
+        checkpoint=checkpoint,
+        reward=reward,
+        steps=steps,
+        prompts=prompts,
+        per_task=per_task,
+        replicates=replicates,
+        force=force,
+    )
+    for res in results:
+        title = (
+            f"run {run} checkpoint {res['checkpoint']} ({res['name']}), reward {res['reward_key']}, "
+            f"{res['rows']} images"
+        )
+        echo(format_eval(title, res["summary"]))
+        echo(f"eval: {res['uri']}")
+
+
+def format_eval(title: str, summary: dict[str, Any]) -> str:
+    """A GenEval-style table: per task n, mean score, strict accuracy ("-" where the reward has none)."""
+    lines = [title, f"{'task':<15}{'n':>6}{'score':>10}{'strict':>9}"]
+    for task, v in summary["tasks"].items():
+        lines.append(f"{task:<15}{v['n']:>6}{v['score']:>10.4f}{_fmt(v['strict'], '.3f'):>9}")
+    lines.append(
+        f"{'overall':<15}{summary['n']:>6}{summary['score']:>10.4f}{_fmt(summary['strict'], '.3f'):>9}"
+    )
+    if summary.get("task_mean_strict") is not None:
+        lines.append(f"{'task mean':<15}{'':>6}{'':>10}{summary['task_mean_strict']:>9.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""`tpgrpo report`: PNG plots and one self-contained HTML page of a stored run."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tpgrpo.cli.common import RootOption, RunOption, echo, load_run
+
+
+def report(
+    run: RunOption,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out", help="Output folder [default: <run>/report for local runs, ./<run>-report for S3]"
+        ),
+    ] = None,
+    reward: Annotated[
+        str | None, typer.Option("--reward", help="Stored reward key to report [default: the run's]")
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="Reward mode to report [default: the run's]")
+    ] = None,
+    root: RootOption = None,
+) -> None:
+    """Reward curves (iteration, model evaluations, wall-clock), turning-point statistics, image strips."""
+    from tpgrpo.cli.audit_cmd import key_and_mode
+    from tpgrpo.report.build import build_report
+    from tpgrpo.storage.uri import is_s3
+
+    ctx = load_run(run, root)
+    key, m = key_and_mode(ctx, reward, mode)
+    target = out or (f"./{run}-report" if is_s3(ctx.layout.run_dir) else f"{ctx.layout.run_dir}/report")
+    files = build_report(ctx, target, reward_key=key, mode=m, log=echo)
+    for image in files.images:
+        echo(f"png:  {image}")
+    echo(f"html: {files.html}")

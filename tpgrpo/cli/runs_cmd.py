@@ -1,0 +1,122 @@
+"""`tpgrpo runs list|show`: stored runs with status, iterations done, last rewards, config summary."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from tpgrpo.cli.common import RootOption, echo, load_run, resolve_root
+
+app = typer.Typer(help="List stored runs, or show one in detail.", no_args_is_help=True)
+
+
+def _num(value: Any, spec: str = "+.4f") -> str:
+    return format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+
+def _when(stamp: Any) -> str:
+    return stamp.strftime("%Y-%m-%d %H:%M") if stamp is not None else "-"
+
+
+@app.command("list")
+def list_runs(root: RootOption = None) -> None:
+    """One line per run under the root: status, iterations done, last train/eval reward."""
+    from tpgrpo.errors import TpgrpoError
+    from tpgrpo.report.runs import run_info
+    from tpgrpo.storage import list_runs as stored_runs
+
+    base = resolve_root(root)
+    ids = stored_runs(base)
+    if not ids:
+        echo(f"no runs under {base} (start one with: tpgrpo train --root {base})")
+        return
+    header = (
+        f"{'RUN':<20}{'STATUS':<13}{'ITERS':>7}  {'REWARD':<12}{'MODE':<16}{'TRAIN':>10}{'EVAL':>10}"
+        f"  {'MODEL':<24}{'CREATED':<16}"
+    )
+    echo(header.rstrip())
+    for run_id in ids:
+        try:
+            info = run_info(load_run(run_id, base))
+        except TpgrpoError as err:  # one unreadable run must not hide the others
+            echo(f"{run_id:<20}{'unreadable':<13}{'-':>7}  {str(err)[:80]}")
+            continue
+        cfg = info.config
+        last, ev = info.last, info.last_eval()
+        iters = f"{info.iterations_done}/{cfg.iterations}"
+        echo(
+            f"{run_id:<20}{info.status:<13}{iters:>7}  {info.reward_key:<12}{cfg.reward.mode:<16}"
+            f"{_num(last.reward_final if last else None):>10}"
+            f"{_num(ev.metrics.get('score') if ev else None):>10}"
+            f"  {cfg.model.path[-24:]:<24}{_when(info.created)}"
+        )
+
+
+@app.command("show")
+def show(
+    run_id: Annotated[str, typer.Argument(help="Run id")],
+    root: RootOption = None,
+) -> None:
+    """A run in detail: config summary, per-iteration rewards and costs, rescored keys, evaluations."""
+    from tpgrpo.report.runs import run_info, stage_reached
+    from tpgrpo.storage.files import read_bytes
+    from tpgrpo.storage.uri import filesystem_for
+
+    ctx = load_run(run_id, root)
+    info = run_info(ctx)
+    cfg = info.config
+    fs, path = filesystem_for(ctx.layout.run_json(), ctx.storage_options)
+    stored = json.loads(read_bytes(fs, path))
+    w0, w = cfg.sampling.window
+    groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
+    holder = info.holder
+    status = info.status + (f" (pid {holder.get('pid')} on {holder.get('host')})" if holder else "")
+    u = cfg.update
+    lines = [
+        f"run        {info.run_id}  ({ctx.layout.run_dir})",
+        f"status     {status}, {info.iterations_done}/{cfg.iterations} iterations done",
+        f"created    {_when(info.created)}  code {stored.get('code_version', '-')}",
+        f"model      {cfg.model.family} {cfg.model.path} ({cfg.model.dtype}, {cfg.model.device}), "
+        f"{cfg.model.height}x{cfg.model.width}",
+        f"sampling   T={cfg.sampling.num_steps}, window [{w0}, {w0 + w}), {cfg.sampling.sampler} "
+        f"a={cfg.sampling.noise_level}, cfg {cfg.sampling.guidance_scale}, "
+        f"eval steps {cfg.sampling.eval_steps}",
+        f"rollout    {groups} prompt groups x G={cfg.rollout.group_size} per iteration "
+        f"(prompts {cfg.rollout.prompts}), {cfg.rollout.shards} shard(s)",
+        f"reward     {json.dumps(cfg.reward.spec)} (key {info.reward_key}), mode {cfg.reward.mode}, "
+        f"initial_step {cfg.reward.initial_step}, balance {cfg.reward.balance}",
+        f"update     lr {u.lr:g}, LoRA rank {u.lora_rank}, {u.optimizer_steps} optimizer steps x {u.epochs} "
+        f"epoch(s), micro-batch {u.micro_batch}, kl_beta {u.kl_beta:g}, ema {u.ema_decay:g}",
+        "",
+        f"{'iter':>4}  {'reached':<12}{'reward_0':>10}{'reward_W':>10}{'tps':>6}{'kept':>6}{'loss':>11}"
+        f"{'evals':>8}{'compute_s':>11}  finished",
+    ]
+    for r in info.iterations:
+        lines.append(
+            f"{r.iteration:>4}  {stage_reached(r):<12}{_num(r.reward_initial):>10}{_num(r.reward_final):>10}"
+            f"{r.turning_points if r.turning_points is not None else '-':>6}"
+            f"{r.kept if r.kept is not None else '-':>6}{_num(r.loss, '+.3e'):>11}"
+            f"{r.model_evals:>8}{r.compute_s:>11.1f}  {_when(r.finished)}"
+        )
+    if not info.iterations:
+        lines.append("   (no iterations yet)")
+    others = {i: [k for k in keys if k != info.reward_key] for i, keys in info.reward_keys.items()}
+    rescored = {i: keys for i, keys in others.items() if keys}
+    lines.append("")
+    if rescored:
+        lines.append("rescored   " + "; ".join(f"iteration {i}: {', '.join(k)}" for i, k in rescored.items()))
+    else:
+        lines.append("rescored   none")
+    lines.append("")
+    if info.evals:
+        lines.append(f"{'eval':<22}{'reward':<14}{'steps':>6}{'images':>8}{'score':>10}{'strict':>8}")
+        for e in info.evals:
+            lines.append(
+                f"{e.name:<22}{e.reward_key:<14}{e.steps if e.steps is not None else '-':>6}{e.rows:>8}"
+                f"{_num(e.metrics.get('score')):>10}{_num(e.metrics.get('strict'), '.3f'):>8}"
+            )
+    else:
+        lines.append(f"evaluations none (run: tpgrpo evaluate --run {info.run_id})")
+    echo("\n".join(lines))

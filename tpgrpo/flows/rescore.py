@@ -1,0 +1,170 @@
+"""The `rescore` flow: score a run's stored branch images with another reward, then re-annotate.
+
+Nothing is generated: per iteration, the score step reads the stored `branches` images and writes
+`rewards/<new_key>`; the annotate step writes `annotations/<new_key>/<mode>` for each requested
+mode. The run's original datasets are only read (their checksums never change), and the run's own
+reward key is refused as a target, so a rescore can never replace what an update trained on.
+Like training, it holds the run lock and is idempotent: finished outputs are skipped, crash debris
+is redone, outputs built from other inputs are refused unless `force`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from tpgrpo.errors import UserError
+from tpgrpo.flows import steps
+from tpgrpo.flows.runner import task_runner_for
+from tpgrpo.flows.steps import RunContext
+from tpgrpo.flows.train import retry_on_io
+from tpgrpo.storage.lock import run_lock
+
+TASK_OPTIONS: dict[str, Any] = dict(
+    cache_policy=NO_CACHE, retry_condition_fn=retry_on_io, retry_delay_seconds=2, persist_result=False
+)
+
+
+def _log(message: str) -> None:
+    get_run_logger().info(message)
+
+
+@task(name="score", **TASK_OPTIONS)
+def score_task(ctx: RunContext, iteration: int, spec: Any, force: bool) -> dict[str, Any]:
+    manifest = steps.sharded_step(ctx, "score", iteration, force=force, log=_log, spec=spec)
+    return {"rows": manifest.rows, "metrics": dict(manifest.metrics)}
+
+
+@task(name="annotate", **TASK_OPTIONS)
+def annotate_task(
+    ctx: RunContext, iteration: int, spec: Any, mode: str, force: bool, key: str | None = None
+) -> dict[str, Any]:
+    manifest = steps.annotate_step(ctx, iteration, force, _log, spec=spec, mode=mode, key=key)
+    return dict(manifest.metrics)
+
+
+@flow(name="tpgrpo-rescore", log_prints=True, persist_result=False)
+def rescore_flow(
+    ctx: RunContext, spec: Any, iterations: list[int], modes: list[str], force: bool = False
+) -> dict[str, Any]:
+    """Prefect flow: score + annotate each iteration with `spec` (see `rescore`)."""
+    retries = ctx.cfg.flow.io_retries
+    score = score_task.with_options(retries=retries)
+    annotate = annotate_task.with_options(retries=retries)
+    out: dict[str, Any] = {"reward_key": ctx.reward_key(spec), "iterations": {}}
+    for i in iterations:
+        scored = score(ctx, i, spec, force)
+        annotated = {mode: annotate(ctx, i, spec, mode, force) for mode in modes}
+        out["iterations"][i] = {"score": scored, "annotations": annotated}
+        _log(f"iteration {i}: {scored['rows']} scores, mean {scored['metrics'].get('score_mean')}")
+    return out
+
+
+def guard_training_data(ctx: RunContext, key: str, modes: list[str], force: bool, spec: Any = None) -> None:
+    """Refuse to write where the run's training data lives.
+
+    Args:
+        key: the reward key about to be written (scores and/or annotations).
+        modes: the modes about to be annotated.
+        force: whether finished outputs would be replaced.
+        spec: the reward about to score (None: annotating stored scores only).
+
+    Raises:
+        UserError: `spec` is another reward under the run's own key, or `force` would replace the
+            scores or annotations an update trained on.
+    """
+    from tpgrpo.report.runs import config_reward_key
+
+    if key != config_reward_key(ctx):
+        return
+    run = ctx.layout.run_id
+    if spec is not None and _plain(spec) != _plain(ctx.cfg.reward.spec):
+        raise UserError(
+            f"reward key {key!r} holds the scores run {run!r} trained on; give the new reward another "
+            f"""key, e.g. --reward '{{"name": ..., "key": "{key}_v2"}}'"""
+        )
+    if force and (spec is not None or ctx.cfg.reward.mode in modes):
+        raise UserError(
+            f"--force would replace the {key!r} scores or {ctx.cfg.reward.mode!r} annotations run {run!r} "
+            "trained on; leave out --force, or rebuild them with tpgrpo stage --force"
+        )
+
+
+def _plain(spec: Any) -> Any:
+    """`{"name": "jpeg"}` and `"jpeg"` are the same spec."""
+    return spec["name"] if isinstance(spec, dict) and set(spec) == {"name"} else spec
+
+
+def rescore(
+    ctx: RunContext,
+    spec: Any,
+    *,
+    iters: str | None = None,
+    modes: list[str] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Validate everything, then run the rescore flow under the run lock.
+
+    Args:
+        ctx: the stored run.
+        spec: reward spec text or value (`"jpeg"`, `'{"name": "jpeg", "quality": 50}'`).
+        iters: `--iters` selection (default: every iteration with stored branches).
+        modes: reward modes to annotate (default: the run's mode; `all` for every mode).
+        force: replace finished outputs of this reward key built from other inputs.
+
+    Raises:
+        UserError: bad spec, unknown reward or mode, iterations outside the run, a protected key,
+            or the run is locked by another process.
+    """
+    from tpgrpo.report.runs import finished_iterations
+    from tpgrpo.report.select import check_modes, parse_reward_spec, select_iterations
+
+    parsed = parse_reward_spec(spec)
+    key = ctx.reward_key(parsed)  # builds the reward: unknown names and bad parameters fail here
+    iterations = select_iterations(
+        iters, finished_iterations(ctx, "branches"), run_id=ctx.layout.run_id, what="stored branches"
+    )
+    chosen = check_modes(modes or [ctx.cfg.reward.mode])
+    guard_training_data(ctx, key, chosen, force, spec=parsed)
+    with run_lock(ctx.layout.lock(), ctx.storage_options):
+        flow_fn = rescore_flow.with_options(task_runner=task_runner_for(ctx.cfg))
+        result: dict[str, Any] = flow_fn(ctx, parsed, iterations, chosen, force)
+    return result
+
+
+@flow(name="tpgrpo-rescore-run", log_prints=True, persist_result=False)
+def rescore_deployment(
+    run: str,
+    reward: str,
+    iters: str | None = None,
+    modes: list[str] | None = None,
+    root: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Deployment entrypoint (plain parameters): rescore stored run `run` under `root`."""
+    from tpgrpo.cli.common import load_run
+
+    return rescore(load_run(run, root), reward, iters=iters, modes=modes, force=force)
+
+
+@flow(name="tpgrpo-train-config", log_prints=True, persist_result=False)
+def train_deployment(
+    config: str = "configs/tiny.yaml",
+    run_id: str | None = None,
+    iterations: int | None = None,
+    overrides: list[str] | None = None,
+    root: str | None = None,
+) -> dict[str, Any]:
+    """Deployment entrypoint for training (plain parameters): `train_from_config` as a flow.
+
+    Lives here because `flows/train.py` has no flow with plain parameters; it runs the train flow
+    as a subflow, under the run lock, exactly as `tpgrpo train` does.
+    """
+    from tpgrpo.flows.train import train_from_config
+
+    return train_from_config(
+        config, run_id=run_id, iterations=iterations, overrides=overrides or (), root=root
+    )

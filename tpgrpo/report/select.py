@@ -1,0 +1,148 @@
+"""What an ops command works on: iteration ranges, reward specs, modes and checkpoints, validated.
+
+Every function here turns a user's text into a value or raises one `UserError` that names the
+problem and the fix; the CLI prints it and exits with code 2. The flows call the same functions,
+so a deployment run with bad parameters fails the same way before any work.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from tpgrpo.errors import UserError
+
+_RANGE = re.compile(r"\s*(\d*)\s*:\s*(\d*)\s*")
+_SINGLE = re.compile(r"\s*(\d+)\s*")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _span(values: Sequence[int]) -> str:
+    if not values:
+        return "none"
+    if list(values) == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]} … {values[-1]}" if len(values) > 1 else str(values[0])
+    return ", ".join(str(v) for v in values)
+
+
+def select_iterations(text: str | None, available: Sequence[int], *, run_id: str, what: str) -> list[int]:
+    """The iterations `--iters` selects among `available`.
+
+    Args:
+        text (`str | None`): `K`, `A:B` (A … B−1, as a Python slice), `A:` or `:B`; None: all.
+        available (`Sequence[int]`): the iterations that have what the command needs, ascending.
+        run_id (`str`): for messages.
+        what (`str`): what the available iterations have, for messages ("stored branches").
+
+    Returns:
+        `list[int]`: the selected iterations, ascending, non-empty.
+
+    Raises:
+        `UserError`: bad syntax, an empty range, or iterations outside `available`.
+    """
+    have = sorted(available)
+    if not have:
+        raise UserError(f"run {run_id!r} has no iterations with {what} yet; train it first (tpgrpo train)")
+    if text is None:
+        return have
+    single = _SINGLE.fullmatch(text)
+    ranged = _RANGE.fullmatch(text)
+    if single:
+        wanted = [int(single.group(1))]
+    elif ranged:
+        start = int(ranged.group(1)) if ranged.group(1) else have[0]
+        stop = int(ranged.group(2)) if ranged.group(2) else have[-1] + 1
+        wanted = list(range(start, stop))
+        if not wanted:
+            raise UserError(f"--iters {text!r} selects no iteration (A:B means A … B−1; use A < B)")
+    else:
+        raise UserError(f"invalid --iters {text!r}: use K, A:B (iterations A … B−1), A: or :B")
+    if ranged and not ranged.group(2):
+        wanted = [i for i in wanted if i in have] or wanted
+    missing = [i for i in wanted if i not in have]
+    if missing:
+        raise UserError(
+            f"iteration(s) {_span(missing)} outside run {run_id!r}: iterations with {what} are {_span(have)}"
+        )
+    return wanted
+
+
+def check_iteration(iteration: int, available: Sequence[int], *, run_id: str, what: str) -> int:
+    """`iteration` if it is one of `available`, else a `UserError` naming the valid ones."""
+    if iteration not in available:
+        raise UserError(
+            f"iteration {iteration} outside run {run_id!r}: "
+            f"iterations with {what} are {_span(sorted(available))}"
+        )
+    return iteration
+
+
+def parse_reward_spec(text: str | dict[str, Any]) -> str | dict[str, Any]:
+    """A reward spec from `--reward`: a registered name, or JSON like `{"name": "jpeg", "quality": 50}`.
+
+    Only the syntax is checked here; `check_reward_spec` builds the reward.
+
+    Raises:
+        `UserError`: invalid JSON, JSON that is not an object with a string `name`, or a malformed name.
+    """
+    if isinstance(text, dict):
+        spec: Any = text
+    else:
+        stripped = text.strip()
+        if stripped.startswith("{"):
+            try:
+                spec = json.loads(stripped)
+            except json.JSONDecodeError as err:
+                raise UserError(
+                    f"--reward {text!r} is not valid JSON ({err.msg} at column {err.colno}); "
+                    """quote it for the shell, e.g. --reward '{"name": "jpeg", "quality": 50}'"""
+                ) from None
+        elif _NAME.fullmatch(stripped):
+            return stripped
+        else:
+            raise UserError(
+                f"invalid --reward {text!r}: give a registered reward name (e.g. shapes) or a JSON object "
+                """like '{"name": "jpeg", "quality": 50}'"""
+            )
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise UserError(f"--reward {text!r}: a JSON reward spec must be an object with a string 'name'")
+    return spec
+
+
+def check_reward_spec(spec: str | dict[str, Any]) -> Any:
+    """Builds the reward of `spec` (unknown names and bad parameters raise `UserError`)."""
+    from tpgrpo.rewards import make_reward
+
+    return make_reward(spec)
+
+
+def check_modes(modes: Sequence[str]) -> list[str]:
+    """The reward modes, validated against `tpgrpo.algorithm.MODES` (`all` expands to every mode)."""
+    from tpgrpo.algorithm import MODES
+
+    out: list[str] = []
+    for mode in modes:
+        chosen = list(MODES) if mode == "all" else [mode]
+        for m in chosen:
+            if m not in MODES:
+                raise UserError(f"unknown reward mode {m!r}; choose one of {', '.join(MODES)} (or all)")
+            if m not in out:
+                out.append(m)
+    return out
+
+
+def check_reward_key(key: str, available: Sequence[str], *, run_id: str, iteration: int | None = None) -> str:
+    """`key` if stored scores exist under it, else a `UserError` listing the stored keys."""
+    from tpgrpo.storage import validate_key
+
+    validate_key(key)
+    if key not in available:
+        where = f"iteration {iteration} of run {run_id!r}" if iteration is not None else f"run {run_id!r}"
+        have = ", ".join(available) or "none"
+        raise UserError(
+            f"no stored scores for reward key {key!r} in {where} (stored: {have}); "
+            "score them first with tpgrpo rescore --reward SPEC"
+        )
+    return key

@@ -1,0 +1,291 @@
+"""`tpgrpo audit verify`: every stored dataset and checkpoint of a run, checked in full.
+
+What is checked, for every finished dataset (prompts; per iteration rollouts, branches, every
+rewards/<key>, every annotations/<key>/<mode>, updates; every eval/<checkpoint>/<key>):
+
+- the manifest parses, names the schema its location expects, and its recorded `hash` is the
+  hash of its own content (schema, rows, parts, inputs, config hash) — a hand-edited manifest fails;
+- every part file: present, of the recorded size and SHA-256, with the declared Arrow schema and
+  the recorded row count; no stray Parquet file (`verify_dataset`);
+- row counts between stages: rollouts = groups × G, branches = rewards = rollouts × (W + 1),
+  annotations = rollouts × W, updates ≤ optimizer steps × epochs;
+- lineage: the manifest's recorded inputs are exactly the expected ones and each equals the
+  current hash of that input (rollouts K ← prompts, checkpoint K; branches ← rollouts; rewards ←
+  branches; annotations ← rewards, rollouts; updates K and checkpoint K+1 ← rollouts K, the run's
+  annotations K, checkpoint K; eval ← its checkpoint);
+- config hashes of the stages the run's config determines;
+- for every checkpoint: complete (`_CHECKPOINT.json`), every file's size and SHA-256, the
+  recorded hash, its iteration, and its lineage as above.
+
+Unfinished directories (debris of an interrupted stage) are faults too. Every fault is collected;
+nothing stops at the first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tpgrpo.errors import DataError
+from tpgrpo.storage import Manifest, verify_dataset
+from tpgrpo.storage.blobs import BLOB_MANIFEST, read_blobs
+from tpgrpo.storage.files import read_bytes
+from tpgrpo.storage.manifest import content_hash
+from tpgrpo.storage.uri import filesystem_for
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class VerifyReport:
+    """What `verify_run` checked and every fault it found."""
+
+    checked: list[str] = field(default_factory=list)
+    faults: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults
+
+
+@dataclass
+class _Verifier:
+    ctx: Any
+    reward_key: str
+    report: VerifyReport = field(default_factory=VerifyReport)
+    log: Log | None = None
+    _hashes: dict[str, str | None] = field(default_factory=dict)  # uri -> verified manifest hash
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def rel(self, uri: str) -> str:
+        prefix = self.ctx.layout.run_dir.rstrip("/") + "/"
+        return uri[len(prefix) :] if uri.startswith(prefix) else uri
+
+    def fault(self, uri: str, problem: str) -> None:
+        self.report.faults.append(f"{self.rel(uri)}: {problem}")
+
+    def status(self, uri: str) -> str:
+        from tpgrpo.report.runs import dataset_status
+
+        return dataset_status(uri, self.ctx.storage_options)
+
+    def dataset(
+        self,
+        uri: str,
+        schema: str,
+        expected_inputs: dict[str, str],
+        config_hash: str | None = None,
+        rows: int | None = None,
+        max_rows: int | None = None,
+    ) -> Manifest | None:
+        """Verify one dataset (if it exists); returns its manifest when it passed its own checks."""
+        state = self.status(uri)
+        if state == "missing":
+            self._hashes[uri] = None
+            return None
+        if state == "debris":
+            self.fault(uri, "unfinished (files but no _MANIFEST.json): its stage was interrupted; rerun it")
+            self._hashes[uri] = None
+            return None
+        try:
+            manifest = verify_dataset(uri, storage_options=self.ctx.storage_options)
+        except DataError as err:
+            self.fault(uri, str(err).removeprefix(uri).lstrip(": "))
+            self._hashes[uri] = None
+            return None
+        n_before = len(self.report.faults)
+        if manifest.schema.name != schema:
+            self.fault(uri, f"holds a {manifest.schema} dataset where a {schema!r} dataset belongs")
+        if manifest.retention is None:
+            recomputed = content_hash(
+                manifest.schema, manifest.rows, manifest.parts, manifest.inputs, manifest.config_hash
+            )
+            if recomputed != manifest.hash:
+                self.fault(uri, "manifest hash does not match its content: the manifest was edited")
+        self.lineage(uri, manifest.inputs, expected_inputs)
+        if config_hash is not None and manifest.config_hash != config_hash:
+            self.fault(uri, "config hash differs from the run config's: built with other settings")
+        if rows is not None and manifest.rows != rows:
+            self.fault(uri, f"{manifest.rows} rows, expected {rows} from the run config and its inputs")
+        if max_rows is not None and manifest.rows > max_rows:
+            self.fault(uri, f"{manifest.rows} rows, at most {max_rows} expected")
+        self._hashes[uri] = manifest.hash
+        if len(self.report.faults) == n_before:
+            self.report.checked.append(f"{self.rel(uri)} ({manifest.rows} rows)")
+        return manifest
+
+    def lineage(self, uri: str, recorded: dict[str, str], expected: dict[str, str]) -> None:
+        """Recorded inputs must be exactly `expected` (name -> input URI) at their current hashes."""
+        for name in sorted(set(recorded) - set(expected)):
+            self.fault(uri, f"records an unexpected input {name!r}")
+        for name, input_uri in expected.items():
+            if name not in recorded:
+                self.fault(uri, f"records no input {name!r} (expected {self.rel(input_uri)})")
+                continue
+            current = self.current_hash(input_uri)
+            if current is None:
+                self.fault(uri, f"input {name!r} ({self.rel(input_uri)}) is missing, unfinished or corrupt")
+            elif current != recorded[name]:
+                self.fault(
+                    uri,
+                    f"input {name!r} recorded hash {recorded[name][:12]}… but {self.rel(input_uri)} "
+                    f"is now {current[:12]}…: the input was rebuilt after this dataset (rerun this stage "
+                    "with --force) or the manifest was edited",
+                )
+
+    def current_hash(self, uri: str) -> str | None:
+        if uri not in self._hashes:
+            raise RuntimeError(f"verify order: {uri} used before it was verified")
+        return self._hashes[uri]
+
+    # --- checkpoints --------------------------------------------------------------------------------
+
+    def checkpoint(self, k: int, expected_inputs: dict[str, str], config_hash: str) -> None:
+        uri = self.ctx.layout.checkpoint(k)
+        state = self.status(uri)
+        self._hashes[uri] = None
+        if state == "missing":
+            return
+        if state == "debris":
+            self.fault(
+                uri, f"unfinished checkpoint (no {BLOB_MANIFEST}): an update was interrupted; rerun it"
+            )
+            return
+        try:
+            manifest, _ = read_blobs(uri, self.ctx.storage_options)
+        except DataError as err:
+            self.fault(uri, str(err).removeprefix(uri).lstrip(": "))
+            return
+        n_before = len(self.report.faults)
+        fs, path = filesystem_for(uri, self.ctx.storage_options)
+        stored = json.loads(read_bytes(fs, f"{path}/{BLOB_MANIFEST}")).get("hash")
+        if stored != manifest.hash:
+            self.fault(uri, f"{BLOB_MANIFEST} hash does not match its content: the manifest was edited")
+        if manifest.meta.get("iteration") != k:
+            self.fault(uri, f"records iteration {manifest.meta.get('iteration')!r}, expected {k}")
+        if manifest.config_hash != config_hash:
+            self.fault(uri, "config hash differs from the run config's: trained with other settings")
+        self.lineage(uri, manifest.inputs, expected_inputs)
+        self._hashes[uri] = manifest.hash
+        if len(self.report.faults) == n_before:
+            self.report.checked.append(f"{self.rel(uri)} ({len(manifest.files)} files)")
+
+    # --- the run ------------------------------------------------------------------------------------
+
+    def run(self) -> VerifyReport:
+        from tpgrpo.stages.common import annotate_config_hash, score_config_hash, stage_config_hash
+
+        layout, cfg = self.ctx.layout, self.ctx.cfg
+        self.run_json()
+        self.dataset(layout.prompts(), "prompts", {}, stage_config_hash(cfg, "prompts"))
+        if self._hashes[layout.prompts()] is None and self.status(layout.prompts()) == "missing":
+            self.fault(layout.prompts(), "missing: the run was never initialised (tpgrpo train creates it)")
+        update_hash = stage_config_hash(cfg, "update")
+        self.checkpoint(0, {}, update_hash)
+        if self.status(layout.checkpoint(0)) == "missing":
+            self.fault(layout.checkpoint(0), "missing: every run starts from checkpoint 0")
+        groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
+        n = groups * cfg.rollout.group_size
+        w = cfg.sampling.window[1]
+        iterations = layout.list_iterations()
+        for i in range(max(iterations) + 1 if iterations else 0):
+            if self.log:
+                self.log(f"verifying iteration {i}")
+            ckpt = layout.checkpoint(i)
+            rollouts, branches = layout.rollouts(i), layout.branches(i)
+            if i not in iterations:
+                self.fault(layout.iteration_dir(i), f"missing, but iteration {max(iterations)} exists")
+            self.dataset(
+                rollouts,
+                "rollouts",
+                {"prompts": layout.prompts(), "checkpoint": ckpt},
+                stage_config_hash(cfg, "rollout"),
+                rows=n,
+            )
+            if i in iterations and self.status(rollouts) == "missing":
+                self.fault(rollouts, "missing although the iteration directory exists")
+            self.dataset(
+                branches,
+                "branches",
+                {"rollouts": rollouts},
+                stage_config_hash(cfg, "branch"),
+                rows=n * (w + 1),
+            )
+            for key in layout.list_rewards(i):
+                spec_hash = score_config_hash(cfg.reward.spec) if key == self.reward_key else None
+                rewards = layout.rewards(i, key)
+                self.dataset(rewards, "rewards", {"branches": branches}, spec_hash, rows=n * (w + 1))
+                for mode in layout.list_annotations(i, key):
+                    self.dataset(
+                        layout.annotations(i, key, mode),
+                        "annotations",
+                        {"rewards": rewards, "rollouts": rollouts},
+                        annotate_config_hash(cfg, mode),
+                        rows=n * w,
+                    )
+            update_inputs = {"rollouts": rollouts, "checkpoint": ckpt}
+            annotations = layout.annotations(i, self.reward_key, cfg.reward.mode)
+            if annotations not in self._hashes:
+                self._hashes[annotations] = None
+            update_inputs["annotations"] = annotations
+            self.dataset(
+                layout.updates(i),
+                "updates",
+                update_inputs,
+                update_hash,
+                max_rows=cfg.update.optimizer_steps * cfg.update.epochs,
+            )
+            self.checkpoint(i + 1, update_inputs, update_hash)
+            if (
+                self.status(layout.updates(i)) == "done"
+                and self.status(layout.checkpoint(i + 1)) == "missing"
+            ):
+                self.fault(layout.checkpoint(i + 1), f"missing although iteration {i}'s updates are finished")
+        self.evals()
+        return self.report
+
+    def run_json(self) -> None:
+        layout = self.ctx.layout
+        fs, path = filesystem_for(layout.run_json(), self.ctx.storage_options)
+        try:
+            stored = json.loads(read_bytes(fs, path))
+        except (FileNotFoundError, json.JSONDecodeError) as err:
+            self.fault(layout.run_json(), f"unreadable ({type(err).__name__})")
+            return
+        if stored.get("config_hash") != self.ctx.cfg.hash():
+            self.fault(layout.run_json(), "config_hash does not match the stored config: run.json was edited")
+        else:
+            self.report.checked.append("run.json")
+
+    def evals(self) -> None:
+        import re
+
+        layout = self.ctx.layout
+        for name, key in layout.list_evals():
+            uri = layout.eval(name, key)
+            match = re.fullmatch(r"iter=(\d{4,})(?:\.steps=\d+)?", name)
+            expected: dict[str, str] = {}
+            if match:
+                ckpt = layout.checkpoint(int(match.group(1)))
+                if ckpt not in self._hashes:
+                    self._hashes[ckpt] = None
+                expected = {"checkpoint": ckpt}
+            self.dataset(uri, "eval", expected)
+
+
+def verify_run(ctx: Any, *, reward_key: str | None = None, log: Log | None = None) -> VerifyReport:
+    """Check everything stored for a run (see the module docstring); collects every fault.
+
+    Args:
+        ctx: the run's `RunContext`.
+        reward_key (`str`, *optional*): the key of the run's own reward (found from the manifests
+            by default).
+        log (`Callable[[str], None]`, *optional*): progress messages.
+    """
+    from tpgrpo.report.runs import config_reward_key
+
+    key = reward_key or config_reward_key(ctx)
+    return _Verifier(ctx, key, log=log).run()
