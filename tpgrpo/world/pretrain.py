@@ -223,6 +223,11 @@ def train_transformer(
     ema = EMA(params, cfg.ema_decay)
     state_dir = work / "transformer"
     start = _load_phase(state_dir, modules, opt, ema)
+    if start > cfg.steps:
+        raise ValueError(
+            f"{state_dir} holds a state at step {start}, past the requested {cfg.steps} steps; "
+            "use a fresh work folder (training is deterministic under the seed)"
+        )
     transformer.train().requires_grad_(True)
     for a, b in _chunks(start, cfg.steps, cfg.save_every):
         for step in range(a, b):
@@ -274,6 +279,7 @@ def _save_phase(
     (state_dir / "optimizer.json").write_text(meta)
     if ema is not None:
         (state_dir / "ema.st").write_bytes(ema.to_bytes())
+        (state_dir / f"ema-{step:06d}.st").write_bytes(ema.to_bytes())  # kept to compare steps
     (state_dir / "step.json").write_text(json.dumps({"step": step, "saved": time.time()}))
 
 
