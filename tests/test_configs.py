@@ -1,0 +1,117 @@
+"""Every file in configs/ validates, and the reference configs carry SPEC.md §6's hyper-parameters.
+
+No model is loaded: `load_config` checks keys, types and the cross-field arithmetic; reward specs
+are checked against their factory's signature (as `make_reward` does before building anything).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tpgrpo.config import EMBEDDED_MODEL, Config, load_config
+from tpgrpo.rewards import REWARDS, resolve
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FILES = sorted(CONFIGS.glob("*.yaml"))
+REFERENCE = ("sd35m_geneval", "sd35m_pickscore", "sd35m_ocr", "flux_pickscore")
+REWARD_OF = {
+    "sd35m_geneval": "http",
+    "sd35m_pickscore": "pickscore",
+    "sd35m_ocr": "ocr",
+    "flux_pickscore": "pickscore",
+}
+
+
+def _keys(data: dict[str, Any], prefix: str = "") -> set[str]:
+    """Dotted key paths of a config mapping (reward.spec is one value, not a section)."""
+    out: set[str] = set()
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and path != "reward.spec":
+            out |= _keys(value, f"{path}.")
+        else:
+            out.add(path)
+    return out
+
+
+def test_reference_configs_exist() -> None:
+    assert {p.stem for p in FILES} >= {"tiny", *REFERENCE}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_every_config_validates(path: Path) -> None:
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.name.replace("-", "_") == path.stem  # the run name says which file it came from
+
+
+@pytest.mark.parametrize("name", REFERENCE)
+def test_reference_configs_list_every_key_of_tiny(name: str) -> None:
+    """A reference config is complete: every key the embedded default spells out is set explicitly."""
+    tiny = _keys(yaml.safe_load((CONFIGS / "tiny.yaml").read_text()))
+    ours = _keys(yaml.safe_load((CONFIGS / f"{name}.yaml").read_text()))
+    assert tiny - ours == set()
+
+
+@pytest.mark.parametrize("name", REFERENCE)
+def test_spec_section_6_values(name: str) -> None:
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    s, r, u = cfg.sampling, cfg.rollout, cfg.update
+    # T = 10 train / 40 eval; cps with a = 0.7; the default window [0, T − 1)
+    assert (s.num_steps, s.eval_steps, s.sampler, s.noise_level) == (10, 40, "cps", 0.7)
+    assert s.window == (0, 9)
+    # G = 24, 48 prompts per iteration
+    assert r.group_size == 24
+    assert r.prompts_per_batch * r.batches_per_iteration == 48
+    # ε = 1e-5, β = 1e-4, AdamW lr 3e-4, LoRA rank 32 / alpha 64, grad clip 1.0, EMA 0.9 every 8
+    assert (u.clip_range, u.kl_beta, u.lr) == (1e-5, 1e-4, 3e-4)
+    assert (u.lora_rank, u.lora_alpha, u.grad_clip) == (32, 64.0, 1.0)
+    assert (u.ema_decay, u.ema_every) == (0.9, 8)
+    # 512 px, bf16 on CUDA
+    m = cfg.model
+    assert (m.height, m.width, m.dtype, m.device) == (512, 512, "bfloat16", "cuda")
+    # the reference reward mode (SPEC §5): constrained turning points, initial step, balancing
+    assert (cfg.reward.mode, cfg.reward.initial_step, cfg.reward.balance) == ("tp_constrained", True, True)
+    assert (cfg.advantage.std_scope, cfg.advantage.clip) == ("group", 5.0)
+    # user-supplied model and prompts, not the embedded world
+    assert m.path != EMBEDDED_MODEL and m.path.startswith("/models/")
+    assert r.prompts not in ("train", "test")
+
+
+@pytest.mark.parametrize("name", [n for n in REFERENCE if n.startswith("sd35m_")])
+def test_sd35m_family_values(name: str) -> None:
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert cfg.model.family == "sd3"
+    assert cfg.model.max_sequence_length == 256
+    assert cfg.sampling.guidance_scale == 4.5  # CFG 4.5
+
+
+def test_flux_family_values() -> None:
+    cfg = load_config(CONFIGS / "flux_pickscore.yaml")
+    assert cfg.model.family == "flux"
+    assert cfg.model.max_sequence_length == 512
+    assert cfg.sampling.guidance_scale == 3.5  # embedded guidance of FLUX.1-dev, no CFG batch
+
+
+@pytest.mark.parametrize("name", REFERENCE)
+def test_reward_specs_bind_to_their_factories(name: str) -> None:
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    spec = cfg.reward.spec
+    assert isinstance(spec, dict) and spec["name"] == REWARD_OF[name]
+    params = {k: v for k, v in spec.items() if k != "name"}
+    inspect.signature(resolve(REWARDS[spec["name"]])).bind(**params)  # TypeError on a wrong key
+    if spec["name"] == "pickscore":
+        assert str(params["model_path"]).startswith("/models/")
+        assert str(params["processor_path"]).startswith("/models/")
+    if spec["name"] == "http":
+        assert str(params["url"]).startswith(("http://", "https://"))
+
+
+def test_tiny_is_still_the_cpu_default() -> None:
+    cfg = load_config(CONFIGS / "tiny.yaml")
+    assert (cfg.model.path, cfg.model.device, cfg.reward.spec) == (EMBEDDED_MODEL, "cpu", "shapes")
