@@ -18,6 +18,9 @@ FLUX checkpoint sees what the pipeline would give it:
   "True CFG" (`FluxPipeline`'s `true_cfg_scale` with a negative prompt) is not supported.
 - Text: the pipeline's own `encode_prompt` (CLIP pooled output + T5 sequence, `text_ids`).
 - Images: decode `latent / scaling_factor + shift_factor` through the VAE, as the pipeline does.
+- Grid: `sigmas` is the pipeline's dynamically shifted grid, `sigmas = linspace(1, 1/T, T)` with
+  `mu` from the packed image sequence length (`calculate_shift`), so it depends on the image size.
+  Its `σ_0` is exactly 1 (the exponential time shift maps `t = 1` to 1 for any `mu`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 import torch
 
 from tpgrpo.models.conditioning import Conditioning
+from tpgrpo.models.schedule import check_num_steps, scheduler_grid
 from tpgrpo.models.vae import decode_latents, encode_pixels
 
 # Module-name suffixes (peft `target_modules`) adapted by LoRA in a `FluxTransformer2DModel`:
@@ -96,12 +100,45 @@ class FluxPolicy:
     def dtype(self) -> torch.dtype:
         return self.pipeline.transformer.dtype
 
+    @property
+    def guidance_doubles_batch(self) -> bool:
+        """False: guidance is embedded (guidance-distilled), one transformer sample per velocity."""
+        return False
+
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """`(C, h, w)` of the latents of a `height × width` image (h, w even: 2×2 patches)."""
         factor = self.pipeline.vae_scale_factor
         if height % (factor * 2) or width % (factor * 2):
             raise ValueError(f"height and width must be multiples of {factor * 2}, got {height}×{width}")
         return (self.pipeline.vae.config.latent_channels, height // factor, width // factor)
+
+    def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
+        """The grid `FluxPipeline.__call__` samples a `height × width` image with.
+
+        As the pipeline: `sigmas = np.linspace(1.0, 1/T, T)` (None when the scheduler sets
+        `use_flow_sigmas`), `mu = calculate_shift(image_seq_len, base_image_seq_len,
+        max_image_seq_len, base_shift, max_shift)` with `image_seq_len = (h/2)·(w/2)` packed
+        patches, then `retrieve_timesteps(scheduler, T, sigmas=sigmas, mu=mu)`.
+
+        Returns:
+            `torch.Tensor`: float32 `[T + 1]`, `σ_0 = 1 > … > σ_T = 0` (see `models.schedule`).
+        """
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+        check_num_steps(num_steps)
+        _, h, w = self.latent_shape(height, width)
+        config = self.pipeline.scheduler.config
+        sigmas: np.ndarray | None = np.linspace(1.0, 1 / num_steps, num_steps)  # [T] float64
+        if config.get("use_flow_sigmas", False):
+            sigmas = None
+        mu = calculate_shift(
+            (h // 2) * (w // 2),  # the packed latents' sequence length, `latents.shape[1]`
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        return scheduler_grid(self.pipeline.scheduler, retrieve_timesteps, num_steps, sigmas=sigmas, mu=mu)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:

@@ -8,6 +8,9 @@ Latents are always the 4-D VAE layout `[B, C, h, w]` (`h = H / vae_scale_factor`
 `tpgrpo.algorithm` work element-wise on them, stored states keep that shape, and a family that
 feeds its transformer another layout (FLUX packs 2×2 patches into a sequence) converts inside
 `forward`. Every velocity comes back in float32, whatever the weights' dtype (SPEC §2).
+
+The sampling grid is the policy's too (`sigmas`): SD3's pipeline shifts it statically, FLUX's
+dynamically by image size, so stages never read `scheduler.config.shift` themselves.
 """
 
 from __future__ import annotations
@@ -46,6 +49,33 @@ class Policy(Protocol):
     @property
     def dtype(self) -> torch.dtype:
         """The transformer's weights dtype."""
+        ...
+
+    @property
+    def guidance_doubles_batch(self) -> bool:
+        """Whether guidance (scale > 1) doubles the transformer batch of a velocity evaluation.
+
+        SD3 with classifier-free guidance: True (`[uncond; cond]`, 2B samples per B velocities).
+        FLUX, guidance-distilled: False (the scale goes into the guidance embedding). Stages count
+        `forward_samples` with it and skip encoding the unconditional prompt when it is False.
+        """
+        ...
+
+    def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
+        """The grid the family's diffusers pipeline samples a `height × width` image with.
+
+        Args:
+            num_steps (`int`): `T` (≥ 1).
+            height (`int`), width (`int`): image size in pixels (FLUX's shift depends on it).
+
+        Returns:
+            `torch.Tensor`: float32 `[T + 1]` on the CPU, `σ_0 = 1 > … > σ_T = 0`, equal to the
+            pipeline scheduler's `sigmas` after `__call__` sets its timesteps.
+
+        Raises:
+            ValueError: a bad `num_steps` or size, or a scheduler whose grid breaks the samplers'
+                assumptions (`models.schedule.check_grid`).
+        """
         ...
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:

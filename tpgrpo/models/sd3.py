@@ -7,6 +7,7 @@ in `tpgrpo.algorithm`; this module only runs the networks:
   exactly the conditioning `StableDiffusion3Pipeline.__call__` would give it.
 - `velocity` evaluates `v = v_u + g·(v_c − v_u)` with one batched forward over the unconditional
   and conditional halves; the transformer's timestep is `1000·σ`, per sample.
+- `sigmas` is the grid `StableDiffusion3Pipeline.__call__` samples with (static `shift`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from tpgrpo.models.conditioning import Conditioning
+from tpgrpo.models.schedule import scheduler_grid
 from tpgrpo.models.vae import decode_latents, encode_pixels
 
 # the attention projections Flow-GRPO / TP-GRPO adapt in SD3 joint blocks (image and context streams)
@@ -63,12 +65,45 @@ class SD3Policy:
     def dtype(self) -> torch.dtype:
         return self.pipeline.transformer.dtype
 
+    @property
+    def guidance_doubles_batch(self) -> bool:
+        """True: classifier-free guidance runs `[uncond; cond]`, 2B transformer samples per velocity."""
+        return True
+
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """`(C, h, w)` of the latents of a `height × width` image."""
         factor = self.pipeline.vae_scale_factor
         if height % (factor * 2) or width % (factor * 2):
             raise ValueError(f"height and width must be multiples of {factor * 2}, got {height}×{width}")
         return (self.transformer.config.in_channels, height // factor, width // factor)
+
+    def sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor:
+        """The grid `StableDiffusion3Pipeline.__call__` samples a `height × width` image with.
+
+        `retrieve_timesteps(scheduler, num_steps)` with the scheduler's static `shift`; a scheduler
+        configured with `use_dynamic_shifting` gets the pipeline's `mu` from the latent patch count.
+
+        Returns:
+            `torch.Tensor`: float32 `[T + 1]`, `σ_0 = 1 > … > σ_T = 0` (see `models.schedule`).
+        """
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
+            calculate_shift,
+            retrieve_timesteps,
+        )
+
+        _, h, w = self.latent_shape(height, width)
+        config = self.pipeline.scheduler.config
+        kwargs: dict[str, Any] = {}
+        if config.get("use_dynamic_shifting", None):
+            patch = self.transformer.config.patch_size
+            kwargs["mu"] = calculate_shift(
+                (h // patch) * (w // patch),
+                config.get("base_image_seq_len", 256),
+                config.get("max_image_seq_len", 4096),
+                config.get("base_shift", 0.5),
+                config.get("max_shift", 1.16),
+            )
+        return scheduler_grid(self.pipeline.scheduler, retrieve_timesteps, num_steps, **kwargs)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:

@@ -29,7 +29,7 @@ from tpgrpo.config import Config
 from tpgrpo.schemas.images import encode_png
 from tpgrpo.schemas.tensors import decode_tensor
 from tpgrpo.stages.batching import best_batch
-from tpgrpo.stages.common import chunks, shard_groups
+from tpgrpo.stages.common import chunks, forward_samples, shard_groups, uses_uncond
 from tpgrpo.stages.progress import progress_bar
 from tpgrpo.storage import DatasetWriter, read_table
 
@@ -74,8 +74,7 @@ def complete_branches(
     prompts = sorted(set(rollouts.column("prompt").to_pylist()))
     prompt_row = {p: i for i, p in enumerate(prompts)}
     cond_all = policy.encode(prompts)
-    cfg_on = cfg.sampling.guidance_scale > 1.0
-    uncond_one = policy.encode([""]) if cfg_on else None
+    uncond_one = policy.encode([""]) if uses_uncond(policy, cfg.sampling.guidance_scale) else None
 
     sigmas = torch.tensor(rollouts.column("sigmas")[0].as_py(), dtype=torch.float32)  # [T+1]
     num_steps = sigmas.shape[0] - 1
@@ -163,7 +162,8 @@ def run_shard(
     """Complete and decode this shard's branches and write them as part files of `output`.
 
     Returns:
-        stats: `branches`, `model_evals`, `model_calls`, `forward_samples`, `seconds`.
+        stats: `branches`, `model_evals`, `model_calls`, `forward_samples` (×2 where guidance
+        doubles the batch: SD3 with CFG), `seconds`.
     """
     started = time.perf_counter()
     groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
@@ -206,11 +206,10 @@ def run_shard(
             writer.write(rows)
             bar.update(len(idx))
         bar.close()
-    cfg_on = cfg.sampling.guidance_scale > 1.0
     return {
         "branches": float(len(result.branches)),
         "model_evals": float(result.model_evals),
         "model_calls": float(result.model_calls),
-        "forward_samples": float(result.model_evals * (2 if cfg_on else 1)),
+        "forward_samples": forward_samples(policy, result.model_evals, cfg.sampling.guidance_scale),
         "seconds": time.perf_counter() - started,
     }

@@ -91,7 +91,7 @@ def trajectory_noise(
 class Grid:
     """The sampling grid of a run: σ values and the SDE window."""
 
-    sigmas: torch.Tensor  # [T+1] float32, σ_0 = 1 … σ_T = 0
+    sigmas: torch.Tensor  # [T+1] float32, σ_0 = 1 … σ_T = 0 (the policy's `sigmas`)
     window: Window
 
     @property
@@ -104,13 +104,36 @@ class Grid:
         return float(self.sigmas[1])
 
 
-def make_grid(cfg: Config, shift: float, num_steps: int | None = None) -> Grid:
-    """The rollout grid of `cfg` with the model's scheduler `shift` (or an ODE grid of `num_steps`)."""
+def make_grid(cfg: Config, policy: Any, num_steps: int | None = None) -> Grid:
+    """The rollout grid of `cfg` on `policy`'s sampling grid (or a pure-ODE grid of `num_steps`).
+
+    Args:
+        cfg (`Config`): `sampling.num_steps`, the window and sampler, `model.height/width`.
+        policy (`Policy` or `float`): the σ values are `policy.sigmas(T, height, width)`, the grid
+            its diffusers pipeline samples with (SD3: static shift; FLUX: shifted by image size).
+            A bare number is taken as a static SD3 scheduler `shift` (`flow_match_sigmas`), for
+            callers without a policy.
+        num_steps (`int`, *optional*): an ODE grid of this many steps with an empty window.
+    """
     steps = num_steps or cfg.sampling.num_steps
     w0, w = cfg.sampling.window
     window = Window(w0, w) if num_steps is None else Window(0, 0)
     window.validate(steps, cfg.sampling.sampler)
-    return Grid(flow_match_sigmas(steps, shift=shift), window)
+    if isinstance(policy, int | float) and not isinstance(policy, bool):
+        sigmas = flow_match_sigmas(steps, shift=float(policy))  # [T+1]
+    else:
+        sigmas = policy.sigmas(steps, cfg.model.height, cfg.model.width)  # [T+1]
+    return Grid(sigmas, window)
+
+
+def uses_uncond(policy: Any, guidance_scale: float) -> bool:
+    """Whether velocities need the unconditional prompt: guidance on and it doubles the batch (SD3)."""
+    return guidance_scale > 1.0 and bool(policy.guidance_doubles_batch)
+
+
+def forward_samples(policy: Any, model_evals: int, guidance_scale: float) -> float:
+    """Transformer samples behind `model_evals` velocity evaluations (×2 with SD3's CFG batch)."""
+    return float(model_evals * (2 if uses_uncond(policy, guidance_scale) else 1))
 
 
 def select_prompt_rows(num_prompts: int, cfg: Config, iteration: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpgrpo.algorithm import flow_match_sigmas, ode_step
+from tpgrpo.algorithm import ode_step
 from tpgrpo.schemas.images import encode_png
 from tpgrpo.stages.common import chunks, trajectory_seed
 from tpgrpo.stages.progress import progress_bar
@@ -39,7 +39,7 @@ def sample_ode(
         [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
     )  # [B, C, h, w]
     x = x.to(policy.device)
-    sigmas = flow_match_sigmas(num_steps, shift=policy.pipeline.scheduler.config.shift)  # [T+1]
+    sigmas = policy.sigmas(num_steps, height, width)  # [T+1], the family pipeline's grid
     cond = policy.encode(list(prompts))
     uncond = policy.encode([""] * len(prompts)) if guidance_scale > 1.0 else None
     for k in range(num_steps):

@@ -26,11 +26,13 @@ from tpgrpo.stages.batching import best_batch
 from tpgrpo.stages.common import (
     Grid,
     chunks,
+    forward_samples,
     make_grid,
     select_prompt_rows,
     shard_groups,
     trajectory_noise,
     trajectory_seed,
+    uses_uncond,
 )
 from tpgrpo.stages.progress import progress_bar
 from tpgrpo.storage import DatasetWriter, read_table
@@ -91,7 +93,9 @@ def sample_trajectories(
     x = torch.stack([s0 for s0, _ in noise]).to(policy.device)  # [B, C, h, w]
     eps = torch.stack([e for _, e in noise]).to(policy.device)  # [B, W, C, h, w]
     cond = policy.encode([t.prompt for t in trajectories])
-    uncond = policy.encode([""] * len(trajectories)) if cfg.sampling.guidance_scale > 1.0 else None
+    uncond = (
+        policy.encode([""] * len(trajectories)) if uses_uncond(policy, cfg.sampling.guidance_scale) else None
+    )
     states, ode_states, log_probs = [x], [], []
     b = x.shape[0]
     for k in range(grid.num_steps):
@@ -143,7 +147,7 @@ def run_shard(
 
     Returns:
         stats: `trajectories`, `model_evals` (velocity evaluations), `forward_samples` (transformer
-        samples, ×2 with CFG), `chunk`, `seconds`.
+        samples, ×2 where guidance doubles the batch: SD3 with CFG), `chunk`, `seconds`.
     """
     started = time.perf_counter()
     prompts = read_table(
@@ -154,9 +158,9 @@ def run_shard(
         shard_groups(cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration, shard, num_shards)
     )
     todo = [t for t in plan if t.group_id in mine]
-    grid = make_grid(cfg, policy.pipeline.scheduler.config.shift)
+    grid = make_grid(cfg, policy)
     shape = policy.latent_shape(cfg.model.height, cfg.model.width)
-    cfg_on = cfg.sampling.guidance_scale > 1.0
+    cfg_on = uses_uncond(policy, cfg.sampling.guidance_scale)
     probe = policy.encode([todo[0].prompt]) if todo else None
     chunk = (
         best_batch(
@@ -213,7 +217,7 @@ def run_shard(
     return {
         "trajectories": float(len(todo)),
         "model_evals": float(evals),
-        "forward_samples": float(evals * (2 if cfg_on else 1)),
+        "forward_samples": forward_samples(policy, evals, cfg.sampling.guidance_scale),
         "chunk": float(chunk),
         "seconds": time.perf_counter() - started,
     }
