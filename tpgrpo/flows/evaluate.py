@@ -237,7 +237,6 @@ def select_checkpoints(ctx: RunContext, text: str | None) -> list[int]:
         UserError: bad syntax or a checkpoint the run does not have.
     """
     from tpgrpo.report.runs import finished_checkpoints
-    from tpgrpo.report.select import check_iteration
 
     have = finished_checkpoints(ctx)
     if not have:
@@ -250,14 +249,20 @@ def select_checkpoints(ctx: RunContext, text: str | None) -> list[int]:
         return have
     if not text.strip().isdigit():
         raise UserError(f"invalid --checkpoint {text!r}: use K (0 is the base model), latest or all")
-    return [check_iteration(int(text), have, run_id=ctx.layout.run_id, what="a finished checkpoint")]
+    k = int(text)
+    if k not in have:
+        raise UserError(
+            f"checkpoint {k} outside run {ctx.layout.run_id!r}: its finished checkpoints are "
+            f"{have[0]} … {have[-1]} (0 is the base model)"
+        )
+    return [k]
 
 
 def run_evaluation(
     ctx: RunContext,
     *,
     checkpoint: str | None = None,
-    reward: str | None = None,
+    reward: str | dict[str, Any] | None = None,
     steps: int | None = None,
     prompts: str | None = None,
     per_task: int | None = None,
@@ -293,8 +298,8 @@ def run_evaluation(
 @flow(name="tpgrpo-evaluate-run", log_prints=True, persist_result=False)
 def evaluate_deployment(
     run: str,
-    checkpoint: str = "latest",
-    reward: str | None = None,
+    checkpoint: str | int = "latest",
+    reward: str | dict[str, Any] | None = None,
     steps: int | None = None,
     prompts: str | None = None,
     per_task: int | None = None,
@@ -302,12 +307,15 @@ def evaluate_deployment(
     root: str | None = None,
     force: bool = False,
 ) -> list[dict[str, Any]]:
-    """Deployment entrypoint (plain parameters): evaluate checkpoints of stored run `run`."""
+    """Deployment entrypoint (plain parameters): evaluate checkpoints of stored run `run`.
+
+    `checkpoint`: K, `latest` or `all`; `reward`: None (the run's), a name, JSON text or a mapping.
+    """
     from tpgrpo.cli.common import load_run
 
     return run_evaluation(
         load_run(run, root),
-        checkpoint=checkpoint,
+        checkpoint=str(checkpoint),
         reward=reward,
         steps=steps,
         prompts=prompts,

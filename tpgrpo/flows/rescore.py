@@ -110,7 +110,7 @@ def rescore(
 
     Args:
         ctx: the stored run.
-        spec: reward spec text or value (`"jpeg"`, `'{"name": "jpeg", "quality": 50}'`).
+        spec: reward spec text or mapping (`"jpeg"`, `'{"name": "jpeg", "quality": 50}'`).
         iters: `--iters` selection (default: every iteration with stored branches).
         modes: reward modes to annotate (default: the run's mode; `all` for every mode).
         force: replace finished outputs of this reward key built from other inputs.
@@ -138,16 +138,21 @@ def rescore(
 @flow(name="tpgrpo-rescore-run", log_prints=True, persist_result=False)
 def rescore_deployment(
     run: str,
-    reward: str,
-    iters: str | None = None,
+    reward: str | dict[str, Any],
+    iters: str | int | None = None,
     modes: list[str] | None = None,
     root: str | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Deployment entrypoint (plain parameters): rescore stored run `run` under `root`."""
+    """Deployment entrypoint (plain parameters): rescore stored run `run` under `root`.
+
+    `reward` is a name, a JSON text or a mapping (`prefect deployment run --param` parses JSON);
+    `iters` as `--iters` (a bare number is one iteration).
+    """
     from tpgrpo.cli.common import load_run
 
-    return rescore(load_run(run, root), reward, iters=iters, modes=modes, force=force)
+    selection = str(iters) if iters is not None else None
+    return rescore(load_run(run, root), reward, iters=selection, modes=modes, force=force)
 
 
 @flow(name="tpgrpo-train-config", log_prints=True, persist_result=False)

@@ -91,7 +91,7 @@ def parse_reward_spec(text: str | dict[str, Any]) -> str | dict[str, Any]:
         spec: Any = text
     else:
         stripped = text.strip()
-        if stripped.startswith("{"):
+        if stripped.startswith(("{", "[", '"')):
             try:
                 spec = json.loads(stripped)
             except json.JSONDecodeError as err:

@@ -23,6 +23,7 @@ nothing stops at the first.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,7 +108,11 @@ class _Verifier:
                 self.fault(uri, "manifest hash does not match its content: the manifest was edited")
         self.lineage(uri, manifest.inputs, expected_inputs)
         if config_hash is not None and manifest.config_hash != config_hash:
-            self.fault(uri, "config hash differs from the run config's: built with other settings")
+            self.fault(
+                uri,
+                "config hash differs from the run config's: built with other settings, or the config "
+                f"schema changed since (written by {manifest.code_version})",
+            )
         if rows is not None and manifest.rows != rows:
             self.fault(uri, f"{manifest.rows} rows, expected {rows} from the run config and its inputs")
         if max_rows is not None and manifest.rows > max_rows:
@@ -167,7 +172,11 @@ class _Verifier:
         if manifest.meta.get("iteration") != k:
             self.fault(uri, f"records iteration {manifest.meta.get('iteration')!r}, expected {k}")
         if manifest.config_hash != config_hash:
-            self.fault(uri, "config hash differs from the run config's: trained with other settings")
+            self.fault(
+                uri,
+                "config hash differs from the run config's: trained with other settings, or the config "
+                f"schema changed since (written by {manifest.code_version})",
+            )
         self.lineage(uri, manifest.inputs, expected_inputs)
         self._hashes[uri] = manifest.hash
         if len(self.report.faults) == n_before:
@@ -255,7 +264,9 @@ class _Verifier:
         except (FileNotFoundError, json.JSONDecodeError) as err:
             self.fault(layout.run_json(), f"unreadable ({type(err).__name__})")
             return
-        if stored.get("config_hash") != self.ctx.cfg.hash():
+        # Config.hash() of the config as stored (this code's defaults may add keys since; see `dataset`)
+        as_stored = hashlib.sha256(json.dumps(stored.get("config"), sort_keys=True).encode()).hexdigest()
+        if stored.get("config_hash") not in (as_stored, self.ctx.cfg.hash()):
             self.fault(layout.run_json(), "config_hash does not match the stored config: run.json was edited")
         else:
             self.report.checked.append("run.json")
