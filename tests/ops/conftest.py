@@ -33,20 +33,21 @@ class StoredRun:
     """A stored run on local disk.
 
     Args:
-        root (`Path`): the runs root.
+        root (`Path | str`): the runs root (a local path, or an `s3://` URI for read-only use).
         run_id (`str`): the run's id.
         reward_key (`str`): the key of the run's reward.
         mode (`str`): the run's reward mode.
     """
 
-    root: Path
+    root: Path | str
     run_id: str
     reward_key: str
     mode: str = "tp_constrained"
 
     @property
     def dir(self) -> Path:
-        return self.root / self.run_id
+        """The run's local directory."""
+        return Path(self.root) / self.run_id
 
     @property
     def layout(self) -> Any:
