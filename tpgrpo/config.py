@@ -94,6 +94,12 @@ class UpdateConfig(_Strict):
     micro_batch: int = Field(32, ge=1, description="transitions per forward/backward")
     ema_decay: float = Field(0.9, ge=0.0, lt=1.0)
     ema_every: int = Field(8, ge=1, description="optimizer steps between EMA updates")
+    ddp_procs: int = Field(
+        1,
+        ge=1,
+        description="data-parallel update processes the train flow launches with torchrun on its "
+        "machine (gloo on CPU, NCCL with one GPU each on CUDA); 1: the update runs in the flow's process",
+    )
 
 
 class S3Config(_Strict):
@@ -159,6 +165,11 @@ class Config(_Strict):
         if self.model.height % 16 or self.model.width % 16:
             out.append(
                 f"model: height and width must be multiples of 16, got {self.model.height}×{self.model.width}"
+            )
+        if self.update.ddp_procs > 1 and self.model.device.startswith("cuda:"):
+            out.append(
+                f"update.ddp_procs={self.update.ddp_procs} needs model.device 'cuda', not "
+                f"{self.model.device!r}: each torchrun process takes the GPU of its local rank"
             )
         if self.flow.task_runner != "dask" and self.flow.dask_address:
             out.append("flow.dask_address is set but flow.task_runner is not 'dask'")

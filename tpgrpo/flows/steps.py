@@ -400,17 +400,30 @@ UPDATE_COLUMNS = (
 )
 
 
-def update_step(ctx: RunContext, iteration: int, force: bool = False, log: Log = _quiet) -> Any:
-    """Train on `iteration`: writes its `updates` dataset and checkpoint `iteration + 1`.
+@dataclass(frozen=True)
+class UpdatePlan:
+    """The update of one iteration: its inputs' hashes, config hash, annotations, and whether done."""
 
-    Done when both exist and match the inputs; otherwise both are redone (checkpoint cleared
-    first, so a crash leaves debris, never a finished-looking checkpoint of other inputs).
+    inputs: dict[str, str]
+    config_hash: str
+    annotations: str
+    done: Any = None  # the finished checkpoint's manifest; None: outputs cleared, train
+
+
+def prepare_update(ctx: RunContext, iteration: int, force: bool = False) -> UpdatePlan:
+    """Done when the `updates` dataset and checkpoint `iteration + 1` exist and match the inputs;
+    otherwise both are cleared for a redo (checkpoint first, so a crash leaves debris, never a
+    finished-looking checkpoint of other inputs).
+
+    Raises:
+        DataError: the checkpoint was trained from other inputs or config (and not `force`).
     """
     cfg, layout, opts = ctx.cfg, ctx.layout, ctx.storage_options
     key, mode = ctx.reward_key(), cfg.reward.mode
+    annotations = layout.annotations(iteration, key, mode)
     inputs = {
         "rollouts": _hash(ctx, layout.rollouts(iteration)),
-        "annotations": _hash(ctx, layout.annotations(iteration, key, mode)),
+        "annotations": _hash(ctx, annotations),
         "checkpoint": _ckpt_hash(ctx, iteration),
     }
     chash = stage_config_hash(cfg, "update")
@@ -428,13 +441,34 @@ def update_step(ctx: RunContext, iteration: int, force: bool = False, log: Log =
             updates_out, inputs=inputs, config_hash=chash, schema_name="updates", storage_options=opts
         )
         if same and upd == "skip" and not force:
-            log(f"update it{iteration}: done, skipped")
-            return existing
+            return UpdatePlan(inputs, chash, annotations, done=existing)
     if state != "missing":
         clear_blobs(ckpt_out, opts)
     prepare_output(
         updates_out, inputs=inputs, config_hash=chash, schema_name="updates", force=True, storage_options=opts
     )
+    return UpdatePlan(inputs, chash, annotations)
+
+
+def update_step(
+    ctx: RunContext,
+    iteration: int,
+    force: bool = False,
+    log: Log = _quiet,
+    dp: update.DataParallel | None = None,
+) -> Any:
+    """Train on `iteration`: writes its `updates` dataset and checkpoint `iteration + 1`.
+
+    Skipped when both are done (see `prepare_update`). Data-parallel (`dp`, under torchrun): rank 0
+    decides and clears, every rank trains on its slice of each step, rank 0 writes both outputs;
+    every rank returns the checkpoint's manifest.
+    """
+    dp = dp or update.DataParallel()
+    cfg, layout, opts = ctx.cfg, ctx.layout, ctx.storage_options
+    up: UpdatePlan = dp.broadcast(prepare_update(ctx, iteration, force) if dp.rank == 0 else None)
+    if up.done is not None:
+        log(f"update it{iteration}: done, skipped")
+        return up.done
 
     from tpgrpo.models.state import rng_state
 
@@ -451,28 +485,38 @@ def update_step(ctx: RunContext, iteration: int, force: bool = False, log: Log =
         train_state,
         iteration=iteration,
         rollouts_uri=layout.rollouts(iteration),
-        annotations_uri=layout.annotations(iteration, key, mode),
+        annotations_uri=up.annotations,
         storage_options=opts,
+        dp=dp,
     )
+    if dp.rank != 0:  # every rank holds the same rows and weights: one writes them
+        return dp.broadcast(None)
     train_state.iteration = iteration + 1
     train_state.rng = rng_state()
     metrics = update.summarize(rows)
     write_dataset(
-        updates_out,
+        layout.updates(iteration),
         "updates",
         {k: [r[k] for r in rows] for k in UPDATE_COLUMNS},
-        inputs=inputs,
-        config_hash=chash,
+        inputs=up.inputs,
+        config_hash=up.config_hash,
         model_evals=int(stats["model_evals"]),
         metrics=metrics,
         timings={"compute_s": time.perf_counter() - started},
         storage_options=opts,
     )
     manifest = write_checkpoint(
-        ckpt_out, policy, optimizer, ema, train_state, inputs=inputs, config_hash=chash, storage_options=opts
+        layout.checkpoint(iteration + 1),
+        policy,
+        optimizer,
+        ema,
+        train_state,
+        inputs=up.inputs,
+        config_hash=up.config_hash,
+        storage_options=opts,
     )
     log(f"update it{iteration}: {len(rows)} optimizer steps, mean loss {metrics.get('loss_mean', 0.0):.4g}")
-    return manifest
+    return dp.broadcast(manifest)
 
 
 def run_stage(

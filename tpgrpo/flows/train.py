@@ -74,7 +74,12 @@ def annotate_task(ctx: RunContext, iteration: int) -> dict[str, Any]:
 
 @task(name="update", **_TASK)  # type: ignore[call-overload]
 def update_task(ctx: RunContext, iteration: int) -> None:
-    steps.update_step(ctx, iteration, log=_log)
+    if ctx.cfg.update.ddp_procs > 1:  # data-parallel: torchrun processes on this machine
+        from tpgrpo.flows.ddp_update import launch
+
+        launch(ctx, iteration, log=_log)
+    else:
+        steps.update_step(ctx, iteration, log=_log)
 
 
 def sharded_stage(ctx: RunContext, stage: str, iteration: int) -> None:

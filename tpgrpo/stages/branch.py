@@ -29,7 +29,7 @@ from tpgrpo.config import Config
 from tpgrpo.schemas.images import encode_png
 from tpgrpo.schemas.tensors import decode_tensor
 from tpgrpo.stages.batching import best_batch
-from tpgrpo.stages.common import chunks, forward_samples, shard_groups, uses_uncond
+from tpgrpo.stages.common import chunks, encode_prompts, forward_samples, shard_groups, uses_uncond
 from tpgrpo.stages.progress import progress_bar
 from tpgrpo.storage import DatasetWriter, read_table
 
@@ -73,8 +73,8 @@ def complete_branches(
     reuse = cfg.branch.reuse_rollout_velocity
     prompts = sorted(set(rollouts.column("prompt").to_pylist()))
     prompt_row = {p: i for i, p in enumerate(prompts)}
-    cond_all = policy.encode(prompts)
-    uncond_one = policy.encode([""]) if uses_uncond(policy, cfg.sampling.guidance_scale) else None
+    cond_all = encode_prompts(policy, prompts)
+    uncond_one = encode_prompts(policy, [""]) if uses_uncond(policy, cfg.sampling.guidance_scale) else None
 
     sigmas = torch.tensor(rollouts.column("sigmas")[0].as_py(), dtype=torch.float32)  # [T+1]
     num_steps = sigmas.shape[0] - 1

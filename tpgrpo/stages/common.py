@@ -28,12 +28,14 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "update": ("seed", "model", "sampling", "rollout", "reward", "advantage", "update"),
 }
 
-# knobs that change speed, never results: excluded from hashes so a rerun with another chunk size
-# or shard count still finds its finished outputs
+# knobs that change speed, never results: excluded from hashes so a rerun with another chunk size,
+# shard count or number of update processes still finds its finished outputs (the data-parallel
+# update equals the single-process one up to float summation order, docs/scale-out.md)
 SPEED_ONLY: tuple[tuple[str, str], ...] = (
     ("model", "eval_batch"),
     ("rollout", "shards"),
     ("branch", "chunk_size"),
+    ("update", "ddp_procs"),
 )
 
 
@@ -154,6 +156,27 @@ def shard_groups(groups: int, shard: int, num_shards: int) -> list[int]:
     if not 0 <= shard < num_shards:
         raise ValueError(f"shard {shard} outside 0 … {num_shards - 1}")
     return list(range(shard, groups, num_shards))
+
+
+def encode_prompts(policy: Any, prompts: Sequence[str]) -> Any:
+    """The conditioning of `prompts` `[n, ...]`, each distinct prompt encoded on its own.
+
+    Text encoders are not batch-invariant to the last bit (a `[B, D]` projection takes another
+    kernel path for another `B`), so encoding a chunk's prompts together would make a prompt's
+    conditioning depend on which prompts share its chunk, shard or rank. One prompt per forward makes
+    it a function of the prompt alone; a stage encodes a handful of distinct prompts, so it is cheap.
+
+    Returns:
+        `Conditioning`: `[n, ...]`, rows in `prompts` order (repeats allowed).
+    """
+    from tpgrpo.models.conditioning import Conditioning
+
+    unique = list(dict.fromkeys(prompts))
+    if not unique:
+        raise ValueError("encode_prompts: no prompts to encode")
+    table = Conditioning.cat([policy.encode([p]) for p in unique])  # [u, ...]
+    row = {p: i for i, p in enumerate(unique)}
+    return table.select([row[p] for p in prompts])
 
 
 def chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:

@@ -26,6 +26,7 @@ from tpgrpo.stages.batching import best_batch
 from tpgrpo.stages.common import (
     Grid,
     chunks,
+    encode_prompts,
     forward_samples,
     make_grid,
     select_prompt_rows,
@@ -92,9 +93,11 @@ def sample_trajectories(
     noise = [trajectory_noise(t.seed, shape, window.size) for t in trajectories]
     x = torch.stack([s0 for s0, _ in noise]).to(policy.device)  # [B, C, h, w]
     eps = torch.stack([e for _, e in noise]).to(policy.device)  # [B, W, C, h, w]
-    cond = policy.encode([t.prompt for t in trajectories])
+    cond = encode_prompts(policy, [t.prompt for t in trajectories])
     uncond = (
-        policy.encode([""] * len(trajectories)) if uses_uncond(policy, cfg.sampling.guidance_scale) else None
+        encode_prompts(policy, [""] * len(trajectories))
+        if uses_uncond(policy, cfg.sampling.guidance_scale)
+        else None
     )
     states, ode_states, log_probs = [x], [], []
     b = x.shape[0]

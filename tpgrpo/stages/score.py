@@ -65,6 +65,8 @@ def run_shard(
             batch_size=batch_size,
             storage_options=storage_options,
         ):
+            if batch.num_rows == 0:  # a filtered scan yields empty batches for other shards' parts
+                continue
             tids = batch.column("trajectory_id").to_pylist()
             images = np.stack([decode_png(b) for b in batch.column("image").to_pylist()])  # [n, H, W, 3]
             result = reward.score(images, [prompt_of[t] for t in tids])

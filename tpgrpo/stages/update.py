@@ -8,6 +8,12 @@ mean at the same state gives the KL term. Per epoch, the kept trajectories are s
 run seed, iteration and epoch) and split into `update.optimizer_steps` equal parts; each part's
 transitions accumulate, in micro-batches, into one optimizer step (grad-norm clipped). The EMA of
 the adapter is updated every `update.ema_every` optimizer steps.
+
+Data-parallel (`DataParallel`, under torchrun): every rank holds the same data, weights and
+optimizer; each takes a contiguous slice of every optimizer step's transitions, accumulates its
+micro-batches' gradients (each micro-batch weighted by its share of the *whole* step), and one
+all-reduce sums the ranks' gradients into the gradient of the single-process step. Every rank then
+takes the same clipped optimizer step. World size 1 is the single-process update, unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from tpgrpo.errors import DataError
 from tpgrpo.models.lora import lora_parameters, reference_mode
 from tpgrpo.schemas.tensors import decode_tensor_column
 from tpgrpo.stages.checkpoints import TrainState
+from tpgrpo.stages.common import encode_prompts
 from tpgrpo.stages.progress import progress_bar
 from tpgrpo.storage import read_table
 
@@ -103,6 +110,51 @@ def load_update_data(
     )
 
 
+@dataclass(frozen=True)
+class DataParallel:
+    """This process's place among the update's data-parallel ranks (world size 1: alone).
+
+    With `world_size > 1` the default `torch.distributed` process group must be initialised
+    (`tpgrpo.flows.ddp_update` does it under torchrun).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    def share(self, n: int) -> tuple[int, int]:
+        """`[lo, hi)` of this rank's contiguous slice of `n` items (sizes differ by at most one)."""
+        base, extra = divmod(n, self.world_size)
+        lo = self.rank * base + min(self.rank, extra)
+        return lo, lo + base + (1 if self.rank < extra else 0)
+
+    def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` over the ranks, in place (nothing to do alone)."""
+        if self.world_size > 1:
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+        return tensor
+
+    def all_reduce_grads_(self, params: list[torch.Tensor]) -> None:
+        """Sum the parameters' gradients over the ranks (one flat buffer, one collective)."""
+        if self.world_size == 1:
+            return
+        flat = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+        )  # [sum of numels]; a rank without transitions contributes zeros
+        self.all_reduce_(flat)
+        offset = 0
+        for p in params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p)  # views of the reduced buffer
+            offset += p.numel()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (pickled; for small decisions only)."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
 @dataclass
 class StepStats:
     """Sums over the transitions of one optimizer step (divided by `samples` when reported)."""
@@ -124,6 +176,17 @@ class StepStats:
         self.clip_frac += n * out.clip_frac
         self.approx_kl += n * out.approx_kl
         self.ratio += n * out.ratio_mean
+
+    def all_reduce_(self, dp: DataParallel, device: torch.device) -> None:
+        """Sum the stats over the ranks (float64, so the sums are the single-process ones to rounding)."""
+        if dp.world_size == 1:
+            return
+        values = [self.samples, self.loss, self.policy_loss, self.kl, self.clip_frac, self.approx_kl]
+        t = torch.tensor([*values, self.ratio], dtype=torch.float64, device=device)  # [7]
+        dp.all_reduce_(t)
+        out = t.tolist()
+        self.samples = round(out[0])
+        self.loss, self.policy_loss, self.kl, self.clip_frac, self.approx_kl, self.ratio = out[1:]
 
     def row(self) -> dict[str, float]:
         n = max(1, self.samples)
@@ -206,8 +269,15 @@ def train_iteration(
     ema: Any,
     state: TrainState,
     iteration: int,
+    dp: DataParallel | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the optimizer steps of one iteration; returns one `updates` row per optimizer step."""
+    """Run the optimizer steps of one iteration; returns one `updates` row per optimizer step.
+
+    Args:
+        dp (`DataParallel`, *optional*): this rank's place when data-parallel; every rank returns
+            the same rows and ends with the same weights, optimizer and EMA.
+    """
+    dp = dp or DataParallel()
     params = lora_parameters(policy.transformer)
     keep = np.arange(len(data.trajectory_ids))
     if cfg.advantage.skip_zero:
@@ -215,8 +285,9 @@ def train_iteration(
     rows_out: list[dict[str, Any]] = []
     if keep.size == 0:
         return rows_out
-    cond = policy.encode(data.prompts)
-    uncond = policy.encode([""] * len(data.prompts)) if cfg.sampling.guidance_scale > 1.0 else None
+    # each prompt encoded alone, so a transition's conditioning never depends on its rank's slice
+    cond = encode_prompts(policy, data.prompts)
+    uncond = encode_prompts(policy, [""] * len(data.prompts)) if cfg.sampling.guidance_scale > 1.0 else None
     parts = cfg.update.optimizer_steps
     total = cfg.update.epochs * parts
     bar = progress_bar(total=total, desc=f"update it{iteration}", unit="step")
@@ -230,10 +301,15 @@ def train_iteration(
                     continue
                 stats = StepStats()
                 optimizer.zero_grad(set_to_none=True)
-                for mb in _micro_batches(transitions, cfg.update.micro_batch):
+                lo, hi = dp.share(len(transitions))  # this rank's slice (all of it when alone)
+                for mb in _micro_batches(transitions[lo:hi], cfg.update.micro_batch):
                     out = transition_loss(policy, cfg, data, mb, cond, uncond)
+                    # weighted by the micro-batch's share of the whole step: summed over micro-batches
+                    # and ranks, the gradient is that of the mean loss over the step's transitions
                     (out.loss * (len(mb) / len(transitions))).backward()
                     stats.add(len(mb), out)
+                dp.all_reduce_grads_(list(params.values()))
+                stats.all_reduce_(dp, policy.device)
                 grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.update.grad_clip)
                 if not torch.isfinite(grad_norm):
                     raise DataError(
@@ -274,15 +350,19 @@ def run(
     rollouts_uri: str,
     annotations_uri: str,
     storage_options: Mapping[str, Any] | None = None,
+    dp: DataParallel | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Train on one iteration; the caller writes the checkpoint and the `updates` dataset.
 
+    Args:
+        dp (`DataParallel`, *optional*): this rank's place when data-parallel (see `train_iteration`).
+
     Returns:
-        (`updates` rows, summary stats with `seconds` and `model_evals`).
+        (`updates` rows, summary stats with `seconds` and `model_evals`; the same on every rank).
     """
     started = time.perf_counter()
     data = load_update_data(rollouts_uri, annotations_uri, storage_options)
-    rows = train_iteration(policy, cfg, data, optimizer, ema, state, iteration)
+    rows = train_iteration(policy, cfg, data, optimizer, ema, state, iteration, dp)
     transitions = sum(r["samples"] for r in rows)
     evals = transitions * (2 if cfg.update.kl_beta > 0 else 1)
     return rows, {"seconds": time.perf_counter() - started, "model_evals": float(evals)}
