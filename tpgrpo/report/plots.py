@@ -33,7 +33,7 @@ class Series:
     style: str = "o-"
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -214,7 +214,7 @@ def eval_records(ctx: Any) -> list[EvalRecord]:
         out.append(
             EvalRecord(name, key, checkpoint, steps, m.rows, m.metrics, parse_time(m.created), m.model_evals)
         )
-    return sorted(out, key=lambda e: (e.checkpoint if e.checkpoint is not None else -1, e.name, e.reward_key))
+    return sorted(out, key=lambda e: (-1 if e.checkpoint is None else e.checkpoint, e.name, e.reward_key))
 
 
 def run_info(ctx: Any, *, with_evals: bool = True) -> RunInfo:

@@ -109,7 +109,7 @@ def load_trajectory(
             f"{ann.column('step').to_pylist()} for trajectory {trajectory_id}, expected 0 … {w - 1}; "
             "rerun tpgrpo annotate with --force"
         )
-    col = lambda name: ann.column(name).to_pylist()  # noqa: E731
+    col = {name: ann.column(name).to_pylist() for name in ann.column_names}
     return TrajectoryAudit(
         run_id=layout.run_id,
         iteration=iteration,
@@ -125,12 +125,12 @@ def load_trajectory(
         window_size=w,
         rho=[float(v) for v in rewards.column("score").to_pylist()],
         strict=rewards.column("strict").to_pylist(),
-        increment=col("increment"),
-        aggregated=col("aggregated"),
-        turning_point=col("turning_point"),
-        kept=col("kept"),
-        step_reward=col("step_reward"),
-        advantage=col("advantage"),
+        increment=col["increment"],
+        aggregated=col["aggregated"],
+        turning_point=col["turning_point"],
+        kept=col["kept"],
+        step_reward=col["step_reward"],
+        advantage=col["advantage"],
     )
 
 
@@ -208,7 +208,7 @@ def pick_examples(ctx: Any, iteration: int, reward_key: str, mode: str, count: i
     ann = read_table(
         layout.annotations(iteration, reward_key, mode),
         "annotations",
-        columns=["trajectory_id", "kept", "aggregated", "increment", "step"],
+        columns=["trajectory_id", "kept"],
         storage_options=opts,
     )
     tids = np.asarray(ann.column("trajectory_id").to_numpy())
