@@ -48,7 +48,7 @@ def main() -> None:
     """Entry point: run the app, turning package errors into one line and an exit code."""
     prefect_environment()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit codes here instead of raising
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
@@ -70,6 +70,8 @@ def main() -> None:
             err.show()
             sys.exit(err.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":
