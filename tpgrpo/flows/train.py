@@ -2,7 +2,9 @@
 
 Wiring only: each stage is a Prefect task around a step of `flows/steps.py`. The sharded model
 stages map their shards over the configured task runner (threads locally, a Dask cluster with
-`flow.task_runner: dask`). Tasks retry only on I/O errors (storage, network); a compute error
+`flow.task_runner: dask`); annotate and update run in the flow's process, the update as a
+torchrun job of `update.ddp_procs` processes when that is > 1 (`flows/ddp_update.py`,
+docs/scale-out.md). Tasks retry only on I/O errors (storage, network); a compute error
 fails the run at once. Resuming is the stages' own idempotence — never Prefect's result cache:
 run the same command again and finished stages are skipped, debris is redone.
 """
