@@ -106,22 +106,17 @@ def ddp_update(
 
 def main() -> None:
     """Entry point under torchrun: package errors become one line and an exit code (2 / 1)."""
-    import click
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(ddp_update)
     try:
-        app(standalone_mode=False)
+        app()  # standalone: a bad option prints click's usage message and exits 2 by itself
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
     except TpgrpoError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(1)
-    except click.ClickException as err:  # a bad option: click's own message and exit code
-        err.show()
-        sys.exit(err.exit_code)
 
 
 # --- the train flow's launcher ----------------------------------------------------------------------
