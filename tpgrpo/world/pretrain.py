@@ -12,7 +12,8 @@ draws exactly what an uninterrupted one would have drawn.
   `ε − z`, σ ~ logit-normal(0, 1), timestep `1000·σ` — on a fixed pool of encoded scenes (fresh
   posterior samples each step), with caption dropout to the empty prompt (so classifier-free
   guidance works), AdamW with warmup then a constant rate (a run of
-  `n` steps is a prefix of a longer one), an EMA of the weights, which is what gets saved.
+  `n` steps is a prefix of a longer one), an EMA of the weights with warmup (decay
+  `min(0.999, (1 + t)/(10 + t))`), which is what gets saved.
 
 State between chunks is saved as safetensors + JSON under a work directory (`models/state.py`).
 """
@@ -249,6 +250,7 @@ def train_transformer(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
             opt.step()
+            ema.decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warmup: early averages forget the init
             ema.update(params)
             if progress is not None:
                 progress(step, {"loss": float(loss.detach())})
