@@ -14,7 +14,16 @@ from pathlib import Path
 
 import typer
 
-from tpgrpo.cli import audit_cmd, config_cmd, ops_cmd, pretrain_cmd, report_cmd, runs_cmd, train_cmd
+from tpgrpo.cli import (
+    audit_cmd,
+    config_cmd,
+    ops_cmd,
+    pretrain_cmd,
+    report_cmd,
+    runs_cmd,
+    serve_cmd,
+    train_cmd,
+)
 from tpgrpo.errors import TpgrpoError, UserError
 
 app = typer.Typer(
@@ -34,6 +43,7 @@ app.command("evaluate")(ops_cmd.evaluate)
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(audit_cmd.app, name="audit")
 app.command("report")(report_cmd.report)
+app.command("serve-reward")(serve_cmd.serve_reward)
 
 
 def prefect_environment() -> None:
@@ -60,6 +70,9 @@ def main() -> None:
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
+    except OSError as err:  # storage or network still failing after the clients' and tasks' retries
+        typer.echo(f"error: I/O failed: {err}; run the same command again to resume", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted; run the same command again to resume", err=True)
         sys.exit(130)

@@ -1,0 +1,121 @@
+"""The CLI's own commands: help, config validation, stage argument errors, serve-reward."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tpgrpo.cli.app import app
+
+runner = CliRunner()
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
+
+
+def _main(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `tpgrpo ARGS` through the real entry point (exit codes and stderr as users see them)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tpgrpo.cli.app", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+
+
+def test_help_lists_every_command() -> None:
+    out = runner.invoke(app, ["--help"])
+    assert out.exit_code == 0
+    for command in (
+        "train",
+        "stage",
+        "config",
+        "pretrain",
+        "rescore",
+        "annotate",
+        "evaluate",
+        "runs",
+        "audit",
+        "report",
+        "serve-reward",
+    ):
+        assert command in out.output
+
+
+def test_config_validate_ok() -> None:
+    out = runner.invoke(app, ["config", "validate", CONFIG])
+    assert out.exit_code == 0, out.output
+    assert "valid" in out.output and "tp_constrained" in out.output
+
+
+def test_config_validate_lists_every_problem(tmp_path: Path) -> None:
+    proc = _main(
+        "config",
+        "validate",
+        CONFIG,
+        "--set",
+        "update.lr=-1",
+        "--set",
+        "rollout.group_size=1",
+        "--set",
+        "nope.key=3",
+        "--set",
+        "reward.mode=best",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    for needle in ("update.lr", "rollout.group_size", "nope", "reward.mode", "4 problem(s)"):
+        assert needle in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_config_show_redacts_credentials(tmp_path: Path) -> None:
+    out = runner.invoke(app, ["config", "show", CONFIG, "--set", "storage.s3.secret=hunter2-SECRET"])
+    assert out.exit_code == 0
+    assert "hunter2-SECRET" not in out.output and "<redacted>" in out.output
+    assert json.loads(out.output)["storage"]["s3"]["secret"] == "<redacted>"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["stage", "rollout", "--run", "nope", "--iter", "0"], "unknown run 'nope'"),
+        (["stage", "bake", "--run", "nope", "--iter", "0"], "unknown stage 'bake'"),
+        (["train", "missing.yaml"], "config file 'missing.yaml' not found"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_message(args: list[str], needle: str, tmp_path: Path) -> None:
+    proc = _main(*args, "--root", str(tmp_path / "runs"), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("error:") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_serve_reward_answers_health_and_score() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tpgrpo.cli.app", "serve-reward", "shapes", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert "serving reward 'shapes'" in line and "127.0.0.1" in line
+        url = line.rsplit(" at ", 1)[1].strip()
+        deadline = time.time() + 30
+        while True:
+            try:
+                health = json.loads(urllib.request.urlopen(f"{url}/health", timeout=5).read())
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert health["key"] == "shapes"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
