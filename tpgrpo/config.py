@@ -7,14 +7,17 @@ collects **every** problem (pydantic's field errors and the cross-field arithmet
 
 from __future__ import annotations
 
+import copy
+import datetime
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_serializer
 
 from tpgrpo.errors import ConfigError
 
@@ -104,9 +107,15 @@ class UpdateConfig(_Strict):
 
 class S3Config(_Strict):
     endpoint_url: str | None = None
-    key: str | None = None
-    secret: str | None = None
+    key: str | None = Field(None, repr=False)
+    secret: str | None = Field(None, repr=False)
     region: str | None = None
+
+    @field_serializer("key", "secret", when_used="json")
+    def _redact(self, value: str | None) -> str | None:
+        """Credentials never leave the process as JSON: not in run.json, nor in the flow parameters
+        Prefect stores, nor in logs (`repr` hides them too)."""
+        return None if value is None else "<redacted>"
 
 
 class StorageConfig(_Strict):
@@ -194,10 +203,12 @@ class Config(_Strict):
         opts: dict[str, Any] = {}
         if s3.endpoint_url:
             opts["endpoint_url"] = s3.endpoint_url
+        # wrapped: a RunContext travels as Prefect flow parameters, which Prefect stores as JSON
+        # (SecretStr serialises as '**********'); tpgrpo.storage.uri unwraps them for s3fs
         if s3.key:
-            opts["key"] = s3.key
+            opts["key"] = SecretStr(s3.key)
         if s3.secret:
-            opts["secret"] = s3.secret
+            opts["secret"] = SecretStr(s3.secret)
         if s3.region and not s3.endpoint_url:
             opts["client_kwargs"] = {"region_name": s3.region}
         return opts
@@ -217,14 +228,66 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError([f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. update.lr=1e-4"])
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError([f"--set {text!r}: value is not valid YAML ({err})"]) from err
+    except (yaml.YAMLError, RecursionError) as err:
+        raise ConfigError([f"--set {text!r}: value is not valid YAML ({err})"]) from None
+    problems: list[str] = []
+    value = plain_data(value, f"--set {key.strip()}", problems)
+    if problems:
+        raise ConfigError(problems)
     return key.strip().split("."), value
+
+
+MAX_VALUES = 100_000
+"""Most values (scalars and containers) a config may hold once YAML aliases are expanded."""
+MAX_DEPTH = 32
+"""Most nesting levels of a config."""
+
+
+def plain_data(value: Any, where: str, problems: list[str]) -> Any:
+    """A copy of YAML data as plain JSON data; anything else is appended to `problems`.
+
+    Dates become ISO strings (YAML reads `2024-01-01` as a date); mapping keys must be strings;
+    numbers must be finite; bytes, sets and other YAML types are refused. At most `MAX_VALUES`
+    values and `MAX_DEPTH` levels: an alias bomb or runaway nesting is refused, never expanded.
+    """
+    budget = [MAX_VALUES]
+
+    def walk(v: Any, at: str, depth: int) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > MAX_DEPTH:
+            raise ConfigError(
+                [
+                    f"{at or '<root>'}: the config is too large or too deeply nested (over {MAX_VALUES} "
+                    f"values or {MAX_DEPTH} levels; YAML aliases expanding?)"
+                ]
+            )
+        if isinstance(v, bool | int | str) or v is None:
+            return v
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                problems.append(f"{at}: {v!r} is not a finite number")
+            return v
+        if isinstance(v, datetime.date):  # datetime.datetime too
+            return v.isoformat()
+        if isinstance(v, dict):
+            out = {}
+            for k, item in v.items():
+                if isinstance(k, str):
+                    out[k] = walk(item, f"{at}.{k}" if at else k, depth + 1)
+                else:
+                    problems.append(f"{at or '<root>'}: key {k!r} is not a string; quote it")
+            return out
+        if isinstance(v, list):
+            return [walk(item, f"{at}[{i}]", depth + 1) for i, item in enumerate(v)]
+        problems.append(f"{at or '<root>'}: a {type(v).__name__} is not a config value")
+        return None
+
+    return walk(value, where, 0)
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply `--set` overrides to raw config data (a copy)."""
-    out = json.loads(json.dumps(data))
+    out = copy.deepcopy(data)
     problems = []
     for text in overrides:
         try:
@@ -263,6 +326,10 @@ def load_config_data(data: Any, overrides: Sequence[str] = ()) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"the config must be a mapping of sections, got {type(data).__name__}"])
+    problems: list[str] = []
+    data = plain_data(data, "", problems)  # JSON types only, finite, bounded
+    if problems:
+        raise ConfigError(problems)
     data = apply_overrides(data, overrides)
     try:
         cfg = Config.model_validate(data)
@@ -293,4 +360,6 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError([f"{p}: invalid YAML: {err}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{p}: invalid YAML: nested too deeply"]) from None
     return load_config_data(data, overrides)

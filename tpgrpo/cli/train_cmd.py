@@ -65,6 +65,9 @@ def stage(
         raise UserError(
             f"iteration {iteration} is outside run {run!r} (iterations 0 … {ctx.cfg.iterations - 1})"
         )
-    manifest = run_stage(ctx, name, iteration, force=force, log=echo)
+    from tpgrpo.storage.lock import run_lock
+
+    with run_lock(ctx.layout.lock(), ctx.storage_options):  # never beside a train of the same run
+        manifest = run_stage(ctx, name, iteration, force=force, log=echo)
     rows = getattr(manifest, "rows", None)
     echo(f"{name} it{iteration}: finished" + (f" ({rows} rows)" if rows is not None else ""))

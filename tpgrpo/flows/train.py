@@ -21,6 +21,7 @@ from prefect.logging import get_run_logger
 
 from tpgrpo.config import Config
 from tpgrpo.flows import steps
+from tpgrpo.flows.preflight import preflight
 from tpgrpo.flows.runner import task_runner_for
 from tpgrpo.flows.steps import Plan, RunContext
 from tpgrpo.storage import drop_latents
@@ -86,16 +87,17 @@ def update_task(ctx: RunContext, iteration: int) -> None:
 
 def sharded_stage(ctx: RunContext, stage: str, iteration: int) -> None:
     """prepare → shards (mapped over the task runner) → finalize."""
-    p, decision = prepare_task.with_options(name=f"prepare-{stage}")(ctx, stage, iteration)
+    retries = ctx.cfg.flow.io_retries  # retry_on_io decides which failures are retried
+    p, decision = prepare_task.with_options(name=f"prepare-{stage}", retries=retries)(ctx, stage, iteration)
     if decision == "skip":
         _log(f"{stage} it{iteration}: done, skipped")
         return
     n = ctx.cfg.rollout.shards
-    futures = shard_task.with_options(name=f"{stage}-shard").map(
+    futures = shard_task.with_options(name=f"{stage}-shard", retries=retries).map(
         unmapped(ctx), unmapped(p), range(n), unmapped(n)
     )
     stats = [f.result() for f in futures]
-    out = finalize_task.with_options(name=f"finalize-{stage}")(ctx, p, stats)
+    out = finalize_task.with_options(name=f"finalize-{stage}", retries=retries)(ctx, p, stats)
     _log(
         f"{stage} it{iteration}: {out['rows']} rows, {out['model_evals']} model evaluations, {out['metrics']}"
     )
@@ -103,7 +105,8 @@ def sharded_stage(ctx: RunContext, stage: str, iteration: int) -> None:
 
 def train_iterations(ctx: RunContext, iterations: int) -> dict[str, Any]:
     """The body of the flow: init, then every unfinished stage of iterations 0 … N-1."""
-    init_task(ctx)
+    retries = ctx.cfg.flow.io_retries
+    init_task.with_options(retries=retries)(ctx)
     timings: dict[str, float] = {}
     for i in range(iterations):
         for stage in ("rollout", "branch", "score"):
@@ -111,14 +114,14 @@ def train_iterations(ctx: RunContext, iterations: int) -> dict[str, Any]:
             sharded_stage(ctx, stage, i)
             timings[f"it{i}.{stage}"] = time.perf_counter() - started
         started = time.perf_counter()
-        metrics = annotate_task(ctx, i)
+        metrics = annotate_task.with_options(retries=retries)(ctx, i)
         timings[f"it{i}.annotate"] = time.perf_counter() - started
         _log(
             f"iteration {i}: final reward {metrics.get('reward_final_mean', float('nan')):.4f}, "
             f"turning points {metrics.get('turning_points')} (kept {metrics.get('kept')})"
         )
         started = time.perf_counter()
-        update_task(ctx, i)
+        update_task.with_options(retries=retries)(ctx, i)
         timings[f"it{i}.update"] = time.perf_counter() - started
         if ctx.cfg.storage.keep_latents is not None:
             drop_latents(ctx.layout, ctx.cfg.storage.keep_latents)
@@ -131,9 +134,13 @@ def train(
     iterations: int | None = None,
     root: str | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the training flow of `cfg` under the run lock."""
+    """Run (or resume) the training flow of `cfg` under the run lock.
+
+    Bad input (see `preflight`) fails before the lock is taken: nothing is written then.
+    """
     ctx = RunContext.create(cfg, run_id or cfg.name, root)
     n = iterations if iterations is not None else cfg.iterations
+    preflight(ctx)
     with run_lock(ctx.layout.lock(), ctx.storage_options):
         flow_fn = train_flow.with_options(task_runner=task_runner_for(cfg))
         result: dict[str, Any] = flow_fn(ctx, n)

@@ -51,6 +51,38 @@ def pipeline_class_name(path: str) -> str:
     return str(name)
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+"""Weight files that are pickles: never loaded (a pickle from shared storage can run code)."""
+
+
+def check_pipeline_dir(path: str, family: str) -> None:
+    """Checks a local pipeline directory without loading it (hub ids are left to `from_pretrained`).
+
+    A path that exists or starts with `.`, `/` or `~` is local: it must hold a `model_index.json`
+    of a `family` pipeline, and every component folder with weights must have safetensors ones.
+
+    Raises:
+        UserError: a missing directory, a pipeline of another family, or pickle-only weights.
+    """
+    if not (Path(path).exists() or path.startswith((".", "/", "~"))):
+        return
+    found = pipeline_class_name(path)
+    if found not in FAMILIES[family]:
+        raise UserError(
+            f"{path!r} holds a {found}, not a {family} pipeline ({', '.join(FAMILIES[family])}); "
+            f"set model.family to match the checkpoint"
+        )
+    for component in sorted(p for p in Path(path).iterdir() if p.is_dir()):
+        names = [f.name for f in component.iterdir() if f.is_file()]
+        pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+        if pickles and not any(n.endswith(".safetensors") for n in names):
+            raise UserError(
+                f"{component} holds pickle weights only ({', '.join(sorted(pickles)[:3])}); tpgrpo loads "
+                "safetensors only (a pickle can run code): re-save the pipeline with "
+                "save_pretrained(..., safe_serialization=True)"
+            )
+
+
 def load_pipeline(path: str, family: str, dtype: str = "float32", device: str = "cpu") -> Any:
     """Load a pipeline of `family` from `path` with `from_pretrained`, all modules in eval mode.
 
@@ -67,14 +99,7 @@ def load_pipeline(path: str, family: str, dtype: str = "float32", device: str = 
         raise UserError(f"unknown model family {family!r}; choose one of {sorted(FAMILIES)}")
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-    is_local = Path(path).exists() or path.startswith((".", "/", "~"))
-    if is_local:
-        found = pipeline_class_name(path)
-        if found not in FAMILIES[family]:
-            raise UserError(
-                f"{path!r} holds a {found}, not a {family} pipeline ({', '.join(FAMILIES[family])}); "
-                f"set model.family to match the checkpoint"
-            )
+    check_pipeline_dir(path, family)
     import diffusers
 
     cls = getattr(diffusers, FAMILIES[family][0])

@@ -75,6 +75,11 @@ def _parse_line(line: str, is_jsonl: bool, index: int) -> tuple[dict[str, Any] |
         spec_json = json.dumps(spec) if spec is not None and not isinstance(spec, str) else spec
     else:
         prompt, pid, task, spec_json = line, f"p{index:05d}", "free", None
+    for name, text in (("prompt", prompt), ("prompt_id", pid), ("task", task), ("spec", spec_json or "")):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a JSON escape of a lone surrogate, e.g. "\ud800"
+            return None, f"{name} is not valid Unicode (a lone surrogate escape)"
     if not prompt.strip():
         return None, "empty prompt"
     if len(prompt) > MAX_PROMPT_CHARS:

@@ -16,6 +16,7 @@ from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from pydantic import SecretStr
 
 from tpgrpo.errors import UserError
 
@@ -76,7 +77,12 @@ def _s3_kwargs(storage_options: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(storage_options) - S3_OPTIONS)
     if unknown:
         raise UserError(f"unknown S3 storage option(s) {unknown}; allowed: {sorted(S3_OPTIONS)}")
-    kwargs = {k: v for k, v in storage_options.items() if k != "region" and v is not None}
+    # credentials may come wrapped in pydantic's SecretStr (see Config.storage_options)
+    kwargs: dict[str, Any] = {
+        k: v.get_secret_value() if isinstance(v, SecretStr) else v
+        for k, v in storage_options.items()
+        if k != "region" and v is not None
+    }
     region = storage_options.get("region")
     # custom endpoints (MinIO, moto) need no region; s3fs misbehaves when one is forced onto them
     if region and "endpoint_url" not in kwargs and not os.environ.get("AWS_ENDPOINT_URL"):

@@ -1,0 +1,68 @@
+"""Checks a run before it writes anything: bad input fails with one message and no debris.
+
+`train` calls `preflight` before it takes the run lock, so a user mistake found here leaves the
+runs root untouched (no `run.lock`, no `run.json`, no half-made run directory) and never reaches a
+Prefect task (whose failure would be logged with a traceback). Everything here only reads.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tpgrpo.errors import ConfigError, UserError
+from tpgrpo.flows.steps import RunContext
+from tpgrpo.stages.prompts import check_prompts_for_reward, read_prompt_source
+from tpgrpo.storage import validate_key
+from tpgrpo.storage.files import exists, read_bytes
+from tpgrpo.storage.uri import filesystem_for
+
+
+def check_existing_run(ctx: RunContext) -> None:
+    """A run id that exists must hold this config (same hash) to be resumed.
+
+    Raises:
+        UserError: the run exists with another config, or its `run.json` is unreadable.
+    """
+    fs, path = filesystem_for(ctx.layout.run_json(), ctx.storage_options)
+    if not exists(fs, path):
+        return
+    try:
+        stored = json.loads(read_bytes(fs, path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(
+            f"{ctx.layout.run_json()} is not valid JSON ({err}); this run id cannot be resumed: "
+            "use another --run-id"
+        ) from None
+    if not isinstance(stored, dict) or stored.get("config_hash") != ctx.cfg.hash():
+        raise UserError(
+            f"run {ctx.layout.run_id!r} already exists with a different config "
+            f"(see {ctx.layout.run_json()}); use another --run-id, or the same config to resume it"
+        )
+
+
+def preflight(ctx: RunContext) -> None:
+    """Everything about a run that can be checked before its first byte is written.
+
+    - the run id (already validated by `RunLayout`) and, for an existing run, the same config;
+    - the model: a local `model.path` must be a pipeline directory of `model.family` with
+      safetensors weights (a hub id is left to loading);
+    - the reward: built as the score stage will build it (cached per process), so an unknown
+      name, bad parameters, a storage key that is no valid path component, or a remote server
+      that does not answer fail now;
+    - the prompt set: readable UTF-8, not empty, and scorable by the reward.
+
+    Raises:
+        UserError: the first kind of problem found (`ConfigError` lists every prompt problem).
+        RewardError: the reward could not be reached (e.g. its server is down).
+    """
+    from tpgrpo.models.factory import resolve_model_path
+    from tpgrpo.models.pipeline import check_pipeline_dir
+
+    cfg = ctx.cfg
+    check_existing_run(ctx)
+    check_pipeline_dir(resolve_model_path(cfg.model.path), cfg.model.family)
+    validate_key(ctx.reward_key())
+    rows = read_prompt_source(cfg.rollout.prompts)
+    problems = check_prompts_for_reward(rows, cfg.reward.spec)
+    if problems:
+        raise ConfigError(problems)
