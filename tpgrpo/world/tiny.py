@@ -17,6 +17,7 @@ pipeline saves with `save_pretrained` and loads back with `StableDiffusion3Pipel
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -52,27 +53,40 @@ class TinyConfig:
 def clip_vocabulary(words: Sequence[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Learn a CLIP-style BPE (vocab, merges) on `words` until every word is one token.
 
+    Plain BPE training, deterministic: each step merges the most frequent adjacent pair over the
+    distinct words, ties broken by the pair's text. (The `tokenizers` trainer breaks ties in hash
+    order, which differs between processes: a rebuilt pipeline would map words to other ids.)
+
     Args:
         words (`Sequence[str]`): the grammar's words, lowercase, no spaces.
 
     Returns:
         `(vocab, merges)` for `CLIPTokenizer(vocab=..., merges=...)`.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1_000_000,  # never the limit: training stops when every word is one token
-        min_frequency=0,
-        special_tokens=[CLIP_BOS, CLIP_EOS],
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(sorted(set(words)), trainer)
-    model = json.loads(tokenizer.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return dict(model["vocab"]), merges
+    pieces = {w: [*w[:-1], w[-1] + "</w>"] for w in sorted(set(words))}
+    vocab: dict[str, int] = {}
+    for token in [CLIP_BOS, CLIP_EOS, *sorted({t for seq in pieces.values() for t in seq})]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[tuple[str, str]] = []
+    while any(len(seq) > 1 for seq in pieces.values()):
+        counts: dict[tuple[str, str], int] = {}
+        for seq in pieces.values():
+            for pair in itertools.pairwise(seq):
+                counts[pair] = counts.get(pair, 0) + 1
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        vocab.setdefault(best[0] + best[1], len(vocab))
+        for w, seq in pieces.items():
+            merged, i = [], 0
+            while i < len(seq):
+                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
+                    merged.append(seq[i] + seq[i + 1])
+                    i += 2
+                else:
+                    merged.append(seq[i])
+                    i += 1
+            pieces[w] = merged
+    return vocab, merges
 
 
 def t5_vocabulary(words: Sequence[str]) -> list[tuple[str, float]]:
