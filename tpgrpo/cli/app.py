@@ -55,36 +55,21 @@ def prefect_environment() -> None:
 
 
 def main() -> None:
-    """Entry point: run the app, turning package errors into one line and an exit code."""
+    """Entry point: run the app, turning package errors into one line and an exit code.
+
+    Typer runs in standalone mode, so usage errors (missing or unknown options) print click's
+    message with exit code 2 and `typer.Exit` codes pass through; this package's errors propagate
+    out of the command and are reported here.
+    """
     prefect_environment()
     try:
-        code = app(standalone_mode=False)  # click returns typer.Exit codes here instead of raising
+        app()
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
     except TpgrpoError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(1)
-    except typer.Exit as err:
-        sys.exit(err.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except OSError as err:  # storage or network still failing after the clients' and tasks' retries
-        typer.echo(f"error: I/O failed: {err}; run the same command again to resume", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; run the same command again to resume", err=True)
-        sys.exit(130)
-    except Exception as err:
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
-    if isinstance(code, int) and code:
-        sys.exit(code)
 
 
 if __name__ == "__main__":
