@@ -153,23 +153,3 @@ def rescore_deployment(
 
     selection = str(iters) if iters is not None else None
     return rescore(load_run(run, root), reward, iters=selection, modes=modes, force=force)
-
-
-@flow(name="tpgrpo-train-config", log_prints=True, persist_result=False)
-def train_deployment(
-    config: str = "configs/tiny.yaml",
-    run_id: str | None = None,
-    iterations: int | None = None,
-    overrides: list[str] | None = None,
-    root: str | None = None,
-) -> dict[str, Any]:
-    """Deployment entrypoint for training (plain parameters): `train_from_config` as a flow.
-
-    Lives here because `flows/train.py` has no flow with plain parameters; it runs the train flow
-    as a subflow, under the run lock, exactly as `tpgrpo train` does.
-    """
-    from tpgrpo.flows.train import train_from_config
-
-    return train_from_config(
-        config, run_id=run_id, iterations=iterations, overrides=overrides or (), root=root
-    )

@@ -12,7 +12,6 @@ run the same command again and finished stages are skipped, debris is redone.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from prefect import flow, task, unmapped
@@ -106,7 +105,9 @@ def sharded_stage(ctx: RunContext, stage: str, iteration: int) -> None:
 def train_iterations(ctx: RunContext, iterations: int) -> dict[str, Any]:
     """The body of the flow: init, then every unfinished stage of iterations 0 … N-1."""
     retries = ctx.cfg.flow.io_retries
-    init_task.with_options(retries=retries)(ctx)
+    # every task goes through the task runner (.submit), so on a Dask cluster the model work runs
+    # on the workers (GPUs), not in the flow's process
+    init_task.with_options(retries=retries).submit(ctx).result()
     timings: dict[str, float] = {}
     for i in range(iterations):
         for stage in ("rollout", "branch", "score"):
@@ -114,14 +115,14 @@ def train_iterations(ctx: RunContext, iterations: int) -> dict[str, Any]:
             sharded_stage(ctx, stage, i)
             timings[f"it{i}.{stage}"] = time.perf_counter() - started
         started = time.perf_counter()
-        metrics = annotate_task.with_options(retries=retries)(ctx, i)
+        metrics = annotate_task.with_options(retries=retries).submit(ctx, i).result()
         timings[f"it{i}.annotate"] = time.perf_counter() - started
         _log(
             f"iteration {i}: final reward {metrics.get('reward_final_mean', float('nan')):.4f}, "
             f"turning points {metrics.get('turning_points')} (kept {metrics.get('kept')})"
         )
         started = time.perf_counter()
-        update_task.with_options(retries=retries)(ctx, i)
+        update_task.with_options(retries=retries).submit(ctx, i).result()
         timings[f"it{i}.update"] = time.perf_counter() - started
         if ctx.cfg.storage.keep_latents is not None:
             drop_latents(ctx.layout, ctx.cfg.storage.keep_latents)
@@ -153,14 +154,18 @@ def train_flow(ctx: RunContext, iterations: int) -> dict[str, Any]:
     return train_iterations(ctx, iterations)
 
 
-def train_from_config(
+@flow(name="tpgrpo-train-config", log_prints=True, persist_result=False)
+def train_deployment(
     config: str = "configs/tiny.yaml",
     run_id: str | None = None,
     iterations: int | None = None,
-    overrides: Sequence[str] = (),
+    overrides: list[str] | None = None,
     root: str | None = None,
 ) -> dict[str, Any]:
-    """Deployment entrypoint: load the YAML config (+ overrides) and train."""
+    """Deployment entrypoint (plain parameters): load the YAML config (+ overrides) and train.
+
+    Runs the train flow as a subflow, under the run lock, exactly as `tpgrpo train` does.
+    """
     from tpgrpo.config import load_config
 
-    return train(load_config(config, overrides), run_id=run_id, iterations=iterations, root=root)
+    return train(load_config(config, overrides or ()), run_id=run_id, iterations=iterations, root=root)
