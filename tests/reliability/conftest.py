@@ -121,6 +121,9 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     try:
         yield PrefectServer(url, env)
     finally:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)  # this process's flow logs, before the server goes
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)

@@ -70,6 +70,9 @@ def main() -> None:
     except TpgrpoError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(1)
+    except OSError as err:  # storage or network still failing after the clients' and tasks' retries
+        typer.echo(f"error: I/O failed: {err}; run the same command again to resume", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

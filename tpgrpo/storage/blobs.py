@@ -16,7 +16,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tpgrpo.errors import DataError
-from tpgrpo.storage.files import exists, list_files, read_bytes, remove_file, remove_tree, write_atomic
+from tpgrpo.storage.files import (
+    exists,
+    list_files,
+    names_io_failures,
+    read_bytes,
+    remove_file,
+    remove_tree,
+    write_atomic,
+)
 from tpgrpo.storage.provenance import canonical_json, code_version, sha256_hex
 from tpgrpo.storage.uri import filesystem_for
 
@@ -90,6 +98,7 @@ def clear_blobs(uri: str, storage_options: Mapping[str, Any] | None = None) -> N
     remove_tree(fs, path)
 
 
+@names_io_failures("writing checkpoint")
 def write_blobs(
     uri: str,
     files: Mapping[str, bytes],
@@ -138,6 +147,7 @@ def read_blob_manifest(uri: str, storage_options: Mapping[str, Any] | None = Non
     return BlobManifest.from_json(read_bytes(fs, where), where)
 
 
+@names_io_failures("reading checkpoint")
 def read_blobs(
     uri: str, storage_options: Mapping[str, Any] | None = None
 ) -> tuple[BlobManifest, dict[str, bytes]]:

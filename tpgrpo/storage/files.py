@@ -8,12 +8,52 @@ single PUT on S3 (an object is visible only once its upload completed).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import fsspec
 import pyarrow.fs as pafs
 from fsspec.implementations.local import LocalFileSystem
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class StorageIOError(OSError):
+    """Storage still failing after the client's own retries, naming what failed.
+
+    An `OSError`, so the flows' tasks retry it (`retry_on_io`); the CLI prints it as one line.
+    """
+
+
+def names_io_failures(action: str) -> Callable[[F], F]:
+    """Decorates a storage operation so that an I/O failure names the operation and its URI.
+
+    The URI is the first argument when it is a string, else its `uri` attribute (a writer).
+    `FileNotFoundError` passes unchanged (callers rely on it); every other `OSError` becomes a
+    `StorageIOError` "<action> <uri>: <cause>" chained to the original.
+    """
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (FileNotFoundError, StorageIOError):
+                raise
+            except OSError as err:
+                first = args[0] if args else kwargs.get("uri", "?")
+                uri = first if isinstance(first, str) else getattr(first, "uri", "?")
+                cause = err.strerror or str(err) or type(err).__name__
+                raise StorageIOError(
+                    err.errno, f"{action} {uri} failed after the storage client's retries: {cause}"
+                ) from err
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from tpgrpo.errors import DataError, UserError
 from tpgrpo.schemas import SCHEMAS, SchemaRef, schema_for
-from tpgrpo.storage.files import arrow_filesystem, is_local, list_files
+from tpgrpo.storage.files import arrow_filesystem, is_local, list_files, names_io_failures
 from tpgrpo.storage.manifest import Manifest, load_manifest, read_manifest
 from tpgrpo.storage.parts import is_data_file
 from tpgrpo.storage.uri import filesystem_for
@@ -88,6 +88,7 @@ def _finished(
     return fs, path, manifest, schema
 
 
+@names_io_failures("opening dataset")
 def open_dataset(
     uri: str, schema_name: str, *, storage_options: Mapping[str, Any] | None = None
 ) -> ds.Dataset:
@@ -127,6 +128,7 @@ def _check_columns(schema_name: str, columns: Sequence[str] | None) -> list[str]
     return list(columns)
 
 
+@names_io_failures("reading dataset")
 def read_table(
     uri: str,
     schema_name: str,
@@ -157,6 +159,7 @@ def read_table(
     return dataset.to_table(columns=selected, filter=filter)
 
 
+@names_io_failures("opening dataset")
 def iter_batches(
     uri: str,
     schema_name: str,
@@ -189,6 +192,7 @@ def iter_batches(
     return iter(scanner.to_batches())
 
 
+@names_io_failures("verifying dataset")
 def verify_dataset(uri: str, *, storage_options: Mapping[str, Any] | None = None) -> Manifest:
     """Audits a finished dataset in full: parts, sizes, SHA-256 of every byte, schemas, row counts.
 

@@ -24,7 +24,15 @@ import pyarrow.parquet as pq
 from tpgrpo.errors import DataError, UserError
 from tpgrpo.schemas import SchemaRef, schema_for
 from tpgrpo.storage.conform import Data, conform
-from tpgrpo.storage.files import fsync_dir, is_local, list_files, read_bytes, remove_file, write_atomic
+from tpgrpo.storage.files import (
+    fsync_dir,
+    is_local,
+    list_files,
+    names_io_failures,
+    read_bytes,
+    remove_file,
+    write_atomic,
+)
 from tpgrpo.storage.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -109,6 +117,7 @@ class DatasetWriter:
         self._aborted = False
         self._remove_leftovers()
 
+    @names_io_failures("opening dataset shard")
     def _remove_leftovers(self) -> None:
         listing = list_files(self._fs, self._path) or {}
         if MANIFEST_NAME in listing:
@@ -149,6 +158,7 @@ class DatasetWriter:
             return 1 << 62
         return self._max_part_rows - self._part_rows
 
+    @names_io_failures("writing dataset")
     def write(self, data: Data) -> None:
         """Appends rows, cast to the declared schema (see `tpgrpo.storage.conform`).
 
@@ -176,6 +186,7 @@ class DatasetWriter:
             start += chunk.num_rows
         self._elapsed += time.perf_counter() - start_time
 
+    @names_io_failures("writing dataset")
     def close(self) -> ShardRecord:
         """Completes the last part and writes the shard record; idempotent.
 
@@ -234,6 +245,7 @@ def _read_shard_records(uri: str, fs: Any, path: str, listing: Mapping[str, int]
     return records
 
 
+@names_io_failures("finalizing dataset")
 def finalize_dataset(
     uri: str,
     schema_name: str,
