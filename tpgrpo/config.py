@@ -184,18 +184,25 @@ class Config(_Strict):
             out.append("flow.dask_address is set but flow.task_runner is not 'dask'")
         return out
 
-    def public_dict(self) -> dict[str, Any]:
-        """The config as plain data with every credential removed (for run.json and hashes)."""
-        data = self.model_dump(mode="json")
-        s3 = data["storage"]["s3"]
+    def public_dict(self, *, exclude_defaults: bool = False) -> dict[str, Any]:
+        """The config as plain data with every credential removed (for run.json and hashes).
+
+        Args:
+            exclude_defaults (`bool`): leave out values equal to their defaults (what hashes use).
+        """
+        data = self.model_dump(mode="json", exclude_defaults=exclude_defaults)
+        s3 = data.get("storage", {}).get("s3", {})
         for key in SECRET_KEYS:
             if s3.get(key) is not None:
                 s3[key] = "<redacted>"
         return data
 
     def hash(self) -> str:
-        """sha256 of the canonical public config (credentials excluded)."""
-        return hashlib.sha256(json.dumps(self.public_dict(), sort_keys=True).encode()).hexdigest()
+        """sha256 of the canonical public config (credentials excluded) over the values that differ
+        from their defaults: a release that adds a setting with a default keeps stored runs
+        resumable, while any value a run actually set is part of its identity."""
+        data = self.public_dict(exclude_defaults=True)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def storage_options(self) -> dict[str, Any]:
         """fsspec/s3fs options from `storage.s3` (empty: the standard AWS environment applies)."""

@@ -40,14 +40,15 @@ SPEED_ONLY: tuple[tuple[str, str], ...] = (
 
 
 def stage_config_hash(cfg: Config, stage: str) -> str:
-    """Hash of the config sections `stage` depends on (see `STAGE_SECTIONS`)."""
-    data = cfg.public_dict()
+    """Hash of the config sections `stage` depends on (see `STAGE_SECTIONS`), over the values that
+    differ from their defaults (see `Config.hash`)."""
+    data = cfg.public_dict(exclude_defaults=True)
     for section, key in SPEED_ONLY:
-        data[section].pop(key, None)
+        data.get(section, {}).pop(key, None)
     picked: dict[str, Any] = {}
     for name in STAGE_SECTIONS[stage]:
         head, _, tail = name.partition(".")
-        picked[name] = data[head][tail] if tail else data[head]
+        picked[name] = data.get(head, {}).get(tail) if tail else data.get(head)
     return config_hash({"stage": stage, **picked})
 
 
@@ -58,14 +59,13 @@ def score_config_hash(spec: Any) -> str:
 
 def annotate_config_hash(cfg: Config, mode: str) -> str:
     """Hash of what an annotation depends on: the mode, its switches and the advantage settings."""
-    reward = cfg.reward.model_dump(mode="json")
     return config_hash(
         {
             "stage": "annotate",
             "mode": mode,
-            "initial_step": reward["initial_step"],
-            "balance": reward["balance"],
-            "advantage": cfg.advantage.model_dump(mode="json"),
+            "initial_step": cfg.reward.initial_step,
+            "balance": cfg.reward.balance,
+            "advantage": cfg.advantage.model_dump(mode="json", exclude_defaults=True),
         }
     )
 
