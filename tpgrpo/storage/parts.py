@@ -302,7 +302,13 @@ def parquet_options(schema: pa.Schema) -> dict[str, Any]:
                 compression[leaf] = "ZSTD"
                 dictionary.append(leaf)
                 statistics.append(leaf)
-    return {"compression": compression, "use_dictionary": dictionary, "write_statistics": statistics}
+    # a CRC-32 per page, checked on every read: a flipped bit is an error, never silently wrong data
+    return {
+        "compression": compression,
+        "use_dictionary": dictionary,
+        "write_statistics": statistics,
+        "write_page_checksum": True,
+    }
 
 
 def rows_per_group(table: pa.Table, target_bytes: int = ROW_GROUP_BYTES) -> int:
