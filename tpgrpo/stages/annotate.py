@@ -22,7 +22,7 @@ def boundary_rewards(rewards: Any, trajectory_ids: np.ndarray, num_boundaries: i
     """Pivot a rewards table to ρ `[N, W+1]` in the order of `trajectory_ids`.
 
     Raises:
-        DataError: a (trajectory, boundary) score is missing or duplicated.
+        DataError: a (trajectory, boundary) score is missing, duplicated or not finite.
     """
     row_of = {int(t): i for i, t in enumerate(trajectory_ids)}
     rho = np.full((len(trajectory_ids), num_boundaries), np.nan)
@@ -35,6 +35,13 @@ def boundary_rewards(rewards: Any, trajectory_ids: np.ndarray, num_boundaries: i
             raise DataError(f"rewards hold a score for trajectory {t}, boundary {j} that the rollouts lack")
         rho[row_of[int(t)], int(j)] = s
         seen[row_of[int(t)], int(j)] += 1
+    bad = np.argwhere(~np.isfinite(rho) & (seen > 0))
+    if len(bad):
+        n, j = bad[0]
+        raise DataError(
+            f"rewards hold a non-finite score ({rho[n, j]}) for trajectory {trajectory_ids[n]}, boundary {j} "
+            f"({len(bad)} in all): no advantage is computed from it; rescore the iteration (--force)"
+        )
     if (seen != 1).any():
         n, j = np.argwhere(seen != 1)[0]
         raise DataError(
