@@ -69,6 +69,11 @@ class RolloutConfig(_Strict):
 class BranchConfig(_Strict):
     chunk_size: int | None = Field(None, ge=1, description="samples per model call; null: measure once")
     reuse_rollout_velocity: bool = Field(True, description="first ODE step of each branch from the rollout")
+    completions: bool = Field(
+        True,
+        description="complete every window state; false: only the final image is scored (flow_grpo only; "
+        "the cost of Flow-GRPO, but the run cannot be re-annotated into step-level modes)",
+    )
 
 
 class RewardConfig(_Strict):
@@ -158,6 +163,11 @@ class Config(_Strict):
             out.append(
                 "sampling: the cps sampler has zero noise at the last step; keep window_start + "
                 f"window_size ≤ num_steps − 1 = {t - 1}"
+            )
+        if not self.branch.completions and self.reward.mode != "flow_grpo":
+            out.append(
+                f"branch.completions=false leaves no intermediate rewards for mode {self.reward.mode}; "
+                "use reward.mode=flow_grpo or branch.completions=true"
             )
         per_batch = self.rollout.prompts_per_batch * self.rollout.group_size
         per_iter = per_batch * self.rollout.batches_per_iteration

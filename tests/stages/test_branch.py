@@ -98,3 +98,20 @@ def test_stage_writes_all_boundaries(make_cfg: Any, policy: Any, tmp_path: Path)
     last = t.filter(np.array(t.column("boundary").to_pylist()) == w)
     assert last.column("image").to_pylist() == roll.column("image").to_pylist()
     assert set(last.column("model_evals").to_pylist()) == {0}
+
+
+def test_without_completions_only_the_final_image(make_cfg: Any, policy: Any, tmp_path: Path) -> None:
+    """flow_grpo with branch.completions=false: no model evaluation, one row per trajectory."""
+    cfg = make_cfg(branch__completions=False, reward__mode="flow_grpo")
+    roll = _run(cfg, policy, tmp_path, "roll")
+    result = branch.complete_branches(policy, cfg, roll)
+    _, w = cfg.sampling.window
+    assert result.model_evals == 0 and result.model_calls == 0
+    assert [b.boundary for b in result.branches] == [w] * roll.num_rows
+
+
+def test_completions_off_needs_flow_grpo(make_cfg: Any) -> None:
+    from tpgrpo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no intermediate rewards"):
+        make_cfg(branch__completions=False, reward__mode="tp")

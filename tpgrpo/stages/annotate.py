@@ -18,8 +18,13 @@ from tpgrpo.errors import DataError
 from tpgrpo.storage import DatasetWriter, read_table
 
 
-def boundary_rewards(rewards: Any, trajectory_ids: np.ndarray, num_boundaries: int) -> np.ndarray:
+def boundary_rewards(
+    rewards: Any, trajectory_ids: np.ndarray, num_boundaries: int, only: int | None = None
+) -> np.ndarray:
     """Pivot a rewards table to ρ `[N, W+1]` in the order of `trajectory_ids`.
+
+    Args:
+        only (`int`, *optional*): the table holds this boundary alone: return its column `[N]`.
 
     Raises:
         DataError: a (trajectory, boundary) score is missing, duplicated or not finite.
@@ -42,13 +47,15 @@ def boundary_rewards(rewards: Any, trajectory_ids: np.ndarray, num_boundaries: i
             f"rewards hold a non-finite score ({rho[n, j]}) for trajectory {trajectory_ids[n]}, boundary {j} "
             f"({len(bad)} in all): no advantage is computed from it; rescore the iteration (--force)"
         )
+    if only is not None:
+        seen, rho = seen[:, [only]], rho[:, [only]]
     if (seen != 1).any():
         n, j = np.argwhere(seen != 1)[0]
         raise DataError(
             f"rewards have {seen[n, j]} scores for trajectory {trajectory_ids[n]}, boundary {j} "
             "(expected exactly one): rerun the score stage with --force"
         )
-    return rho
+    return rho[:, 0] if only is not None else rho
 
 
 def annotate_iteration(
@@ -61,10 +68,23 @@ def annotate_iteration(
     batches = rollouts.column("batch").to_numpy()
     w0 = int(rollouts.column("window_start")[0].as_py())
     w = int(rollouts.column("window_size")[0].as_py())
-    rho = boundary_rewards(rewards, tids, w + 1)  # [N, W+1]
-    ann = annotate(rho, batches, config, trajectory_ids=tids)
-    adv = advantages(ann.step_reward, groups, std_scope=adv_cfg.std_scope, clip=adv_cfg.clip)  # [N, W]
     n = len(tids)
+    final_only = set(rewards.column("boundary").to_pylist()) == {w}  # run without completions
+    if final_only:
+        if config.mode != "flow_grpo":
+            raise DataError(
+                f"this iteration scored only final images (branch.completions=false): mode {config.mode!r} "
+                "needs intermediate rewards; only flow_grpo can be annotated"
+            )
+        final = boundary_rewards(rewards, tids, w + 1, only=w)  # [N]
+        rho = np.repeat(final[:, None], w + 1, axis=1)  # [N, W+1]: only ρ_W is known
+        ann = annotate(rho, batches, config, trajectory_ids=tids)  # flow_grpo: ρ_W broadcast
+        ann.increment[:] = np.nan  # not computed without completions
+        ann.aggregated[:] = np.nan
+    else:
+        rho = boundary_rewards(rewards, tids, w + 1)  # [N, W+1]
+        ann = annotate(rho, batches, config, trajectory_ids=tids)
+    adv = advantages(ann.step_reward, groups, std_scope=adv_cfg.std_scope, clip=adv_cfg.clip)  # [N, W]
     cols = {
         "trajectory_id": np.repeat(tids, w),
         "group_id": np.repeat(groups, w),
@@ -88,6 +108,8 @@ def annotate_iteration(
         "zero_advantage_trajectories": int(zero_advantage_mask(adv).sum()),
         "advantage_abs_mean": float(np.abs(adv).mean()),
     }
+    if final_only:
+        del summary["reward_initial_mean"]  # no completion of s_0 was computed
     return {"columns": cols, "summary": summary}
 
 

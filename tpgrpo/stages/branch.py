@@ -9,6 +9,9 @@ For trajectory boundary `j = 0 … W` at grid index `k = w0 + j`:
   a completion starts from that state at index `k + 1`: `T − k − 1` evaluations instead of `T − k`.
   `C(s_0)` thus starts from the trajectory's own initial noise.
 
+With `branch.completions: false` (flow_grpo only) the stage writes just the final boundary: the
+cost of Flow-GRPO, which scores final images only.
+
 All branches of all trajectories live on one grid, so at grid index `g` every branch started at or
 before `g` has the same σ: one batch per level, cut into chunks of the model's best batch size.
 The number of model calls is about `T · ⌈active / chunk⌉`, not one call per branch and step.
@@ -90,7 +93,7 @@ def complete_branches(
             else None
         )  # [W, C, h, w]
         w0, w, p = row["window_start"], row["window_size"], prompt_row[row["prompt"]]
-        for j in range(w):
+        for j in range(w if cfg.branch.completions else 0):
             k = w0 + j
             start, state = (k + 1, odes[j]) if odes is not None else (k, states[k])
             pending.append(len(branches))
