@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -241,7 +242,7 @@ def test_bad_input_as_a_real_process(base: dict[str, Any], tmp_path: Path) -> No
         capture_output=True,
         text=True,
         timeout=300,
-        env={**__import__("os").environ, "PREFECT_HOME": str(tmp_path / "prefect")},
+        env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")},
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [

@@ -17,13 +17,16 @@ nothing is unpickled.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from tpgrpo.config import Config
+from tpgrpo.errors import DataError
 from tpgrpo.models.lora import adapter_from_bytes, adapter_to_bytes, lora_parameters
 from tpgrpo.models.state import EMA, optimizer_from_bytes, optimizer_to_bytes, rng_state, set_rng_state
 from tpgrpo.storage.blobs import BlobManifest, read_blobs, write_blobs
@@ -79,6 +82,18 @@ def initial_state(cfg: Config, policy: Any) -> tuple[torch.optim.Optimizer, EMA,
     return optimizer, ema, TrainState(iteration=0, optimizer_step=0, rng=rng_state())
 
 
+@contextmanager
+def _readable(uri: str, name: str) -> Iterator[None]:
+    """A checkpoint file that does not parse (not safetensors, not our JSON) is a `DataError`."""
+    try:
+        yield
+    except (SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise DataError(
+            f"{uri}: {name} is not a readable checkpoint file ({type(err).__name__}: {str(err)[:200]}); "
+            "only safetensors and JSON are loaded: rerun the update that wrote it (--force)"
+        ) from err
+
+
 def load_adapter(
     uri: str, policy: Any, *, ema: bool = False, storage_options: Mapping[str, Any] | None = None
 ) -> BlobManifest:
@@ -87,7 +102,8 @@ def load_adapter(
     adapter_from_bytes(policy.transformer, files["adapter.safetensors"])
     if ema:
         averaged = EMA(lora_parameters(policy.transformer), 0.0)
-        averaged.load_bytes(files["ema.safetensors"])
+        with _readable(uri, "ema.safetensors"):
+            averaged.load_bytes(files["ema.safetensors"])
         averaged.copy_to(lora_parameters(policy.transformer))
     return manifest
 
@@ -99,15 +115,18 @@ def load_checkpoint(
     manifest, files = read_blobs(uri, storage_options)
     adapter_from_bytes(policy.transformer, files["adapter.safetensors"])
     optimizer = make_optimizer(cfg, policy)
-    optimizer_from_bytes(optimizer, files["optimizer.safetensors"], files["optimizer.json"].decode())
+    with _readable(uri, "optimizer.safetensors / optimizer.json"):
+        optimizer_from_bytes(optimizer, files["optimizer.safetensors"], files["optimizer.json"].decode())
     for group in optimizer.param_groups:  # the config is the source of truth for hyper-parameters
         group["lr"] = cfg.update.lr
         group["weight_decay"] = cfg.update.weight_decay
     ema = EMA(lora_parameters(policy.transformer), cfg.update.ema_decay)
-    ema.load_bytes(files["ema.safetensors"])
-    raw = json.loads(files["state.json"])
-    state = TrainState(
-        iteration=int(raw["iteration"]), optimizer_step=int(raw["optimizer_step"]), rng=raw["rng"]
-    )
-    set_rng_state(state.rng)
+    with _readable(uri, "ema.safetensors"):
+        ema.load_bytes(files["ema.safetensors"])
+    with _readable(uri, "state.json"):
+        raw = json.loads(files["state.json"])
+        state = TrainState(
+            iteration=int(raw["iteration"]), optimizer_step=int(raw["optimizer_step"]), rng=raw["rng"]
+        )
+        set_rng_state(state.rng)
     return optimizer, ema, state, manifest
