@@ -212,6 +212,16 @@ class Config(_Strict):
         from their defaults: a release that adds a setting with a default keeps stored runs
         resumable, while any value a run actually set is part of its identity."""
         data = self.public_dict(exclude_defaults=True)
+        # credentials are no part of a run's identity (the same run may be resumed with them in the
+        # config or in the environment, and `load_run` reads them back as unset)
+        storage = data.get("storage", {})
+        s3 = storage.get("s3", {})
+        for key in SECRET_KEYS:
+            s3.pop(key, None)
+        if "s3" in storage and not s3:
+            del storage["s3"]
+        if "storage" in data and not storage:
+            del data["storage"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def storage_options(self) -> dict[str, Any]:

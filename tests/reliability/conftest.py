@@ -42,10 +42,12 @@ class PrefectServer:
         api_url (`str`): `http://127.0.0.1:<port>/api`.
         env (`dict[str, str]`): environment for flow subprocesses (the whole `os.environ` plus the
             API URL, a private client home, INFO logs, one torch thread).
+        homes (`tuple[Path, ...]`): the server's and the clients' PREFECT_HOME (its database, logs).
     """
 
     api_url: str
     env: dict[str, str]
+    homes: tuple[Path, ...]
 
 
 def _free_port() -> int:
@@ -119,7 +121,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         "PYTHONUNBUFFERED": "1",
     }
     try:
-        yield PrefectServer(url, env)
+        yield PrefectServer(url, env, (home, client_home))
     finally:
         from prefect.logging.handlers import APILogWorker
 
