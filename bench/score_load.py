@@ -86,7 +86,7 @@ def _stored_iteration(root: Path, trajectories: int) -> tuple[str, str, np.ndarr
     n = trajectories
     tids = list(range(n))
     state = encode_tensor(torch.zeros(5, 1, 2, 2))  # [T+1, C, H, W]: unused by the score stage
-    rollouts = {
+    rollouts: dict[str, Any] = {
         "run_id": ["bench"] * n,
         "iteration": [0] * n,
         "batch": [t // 32 for t in tids],

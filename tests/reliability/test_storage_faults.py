@@ -229,7 +229,13 @@ def test_cli_reports_storage_failure_in_one_line(
     monkeypatch.setenv("AWS_RETRY_MODE", "standard")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     proxy.add(Fault("status", status=500))
-    result = run_cli("runs", "list", "--root", s3_bucket.root)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # no cached client of another test's environment
+    try:
+        result = run_cli("runs", "list", "--root", s3_bucket.root)
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
     assert result.exit_code == 1, (result.output, result.exception)
     assert result.stderr.startswith("error: I/O failed: ") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.output
