@@ -170,6 +170,30 @@ def test_persistent_write_fault_leaves_debris_never_a_finished_dataset(
     verify_dataset(uri, storage_options=direct)
 
 
+def test_finalize_retried_after_its_answer_was_lost(
+    s3_bucket: Any, proxy: FaultProxy, faulty: dict[str, Any], direct: dict[str, Any]
+) -> None:
+    """The manifest PUT lands every time but its answer is lost: finalize fails after the client's
+    retries; the task's retry then finds the dataset finished by itself and returns its manifest."""
+    uri = f"s3://{s3_bucket.bucket}/runs/r/iter=0000/branches"
+    with DatasetWriter(uri, "branches", storage_options=direct) as writer:
+        writer.write(sample("branches", ROWS))
+    proxy.add(Fault("status_after", method="PUT", path="_MANIFEST", status=500))
+    options = {**faulty, "config_kwargs": FEW_RETRIES}
+    with pytest.raises(StorageIOError, match="finalizing dataset"):
+        finalize_dataset(uri, "branches", inputs={}, config_hash="c", shards=1, storage_options=options)
+    proxy.clear()
+    manifest = finalize_dataset(
+        uri, "branches", inputs={}, config_hash="c", shards=1, storage_options=options
+    )
+    assert manifest.rows == ROWS and _state(uri, direct) == "done"
+    verify_dataset(uri, storage_options=direct)
+    with pytest.raises(DataError, match="finished dataset"):  # other inputs: still refused
+        finalize_dataset(
+            uri, "branches", inputs={"x": "y"}, config_hash="c", shards=1, storage_options=direct
+        )
+
+
 @pytest.mark.slow
 def test_persistent_latency_times_out(s3_bucket: Any, proxy: FaultProxy, direct: dict[str, Any]) -> None:
     """Answers slower than the client's read timeout: retried, then a clear failure, no manifest."""

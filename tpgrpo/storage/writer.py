@@ -245,6 +245,40 @@ def _read_shard_records(uri: str, fs: Any, path: str, listing: Mapping[str, int]
     return records
 
 
+def _finished_by_this(
+    uri: str,
+    fs: Any,
+    path: str,
+    listing: Mapping[str, int],
+    ref: SchemaRef,
+    inputs: Mapping[str, str],
+    config_hash: str,
+) -> Manifest | None:
+    """The manifest of a finalize that landed although its caller saw it fail (its answer lost after
+    the client's retries, then the task retried): the shard records it had yet to remove are still
+    there and list exactly the manifest's parts, with the same schema, inputs and config. The records
+    are removed now. `None` for any other manifest (a dataset finished before: refused)."""
+    from tpgrpo.storage.manifest import load_manifest
+    from tpgrpo.storage.reader import check_parts
+
+    records = _read_shard_records(uri, fs, path, listing)
+    existing = load_manifest(fs, path)
+    if not records or existing is None:
+        return None
+    recorded = tuple(sorted((p for r in records for p in r.parts), key=lambda p: p.path))
+    if (existing.schema, existing.inputs, existing.config_hash, existing.parts) != (
+        ref,
+        dict(inputs),
+        config_hash,
+        recorded,
+    ):
+        return None
+    check_parts(fs, path, existing, uri)
+    for record in records:
+        remove_file(fs, f"{path}/{shard_record_name(record.shard)}")
+    return existing
+
+
 @names_io_failures("finalizing dataset")
 def finalize_dataset(
     uri: str,
@@ -275,9 +309,13 @@ def finalize_dataset(
     Returns:
         `Manifest`: what was written.
 
+    A retried finalize whose first attempt landed unseen (its shard records still there) returns
+    the manifest it wrote.
+
     Raises:
-        `DataError`: already finished; a shard missing or unfinished (parts without a shard
-            record); a recorded part missing or of the wrong size; a shard wrote another schema.
+        `DataError`: already finished (other than by a retried finalize); a shard missing or unfinished
+            (parts without a shard record); a recorded part missing or of the wrong size; a shard
+            wrote another schema.
     """
     start_time = time.perf_counter()
     schema = schema_for(schema_name)
@@ -287,6 +325,9 @@ def finalize_dataset(
     if listing is None:
         raise DataError(f"{uri}: nothing to finalize, no shard has written there")
     if MANIFEST_NAME in listing:
+        done = _finished_by_this(uri, fs, path, listing, ref, inputs, config_hash)
+        if done is not None:
+            return done
         raise _finished_error(uri)
     records = _read_shard_records(uri, fs, path, listing)
     found = {r.shard for r in records}
