@@ -6,7 +6,7 @@ it finish. Then: exit code 0, `tpgrpo audit verify` passes (schemas, checksums, 
 lineage), and every dataset row and checkpoint tensor equals the reference run's (same config and
 seed, never interrupted), so nothing is duplicated, missing or different.
 
-CI runs one chain of 3 kill points (rollout and update of iteration 0, branch of iteration 1); the
+CI runs one chain of 2 kill points (branch of iteration 0, update of iteration 1); the
 slow tier runs 4 chains of 5 random kill points (each stage once per chain, at a random iteration
 and delay), 20 kills, and checks that all five stages were hit.
 """
@@ -51,13 +51,13 @@ def _check_chain(outcomes: list[Outcome], layout: RunLayout, reference: RunLayou
     assert run_content(layout) == run_content(reference)
 
 
-def test_kill_at_three_points_then_resume(
+def test_kill_at_two_points_then_resume(
     reference_run: RunLayout, flow_pipeline: Path, prefect_server: PrefectServer, tmp_path: Path
 ) -> None:
     root = tmp_path / "runs"
     config = write_config(flow_pipeline, root, tmp_path / "chaos.yaml")
     layout = RunLayout(str(root), "chaos")
-    points = [KillPoint(0, "rollout", 0.2), KillPoint(0, "update", 0.3), KillPoint(1, "branch", 0.05)]
+    points = [KillPoint(0, "branch", 0.1), KillPoint(1, "update", 0.3)]
     outcomes = run_chain(config, "chaos", layout, prefect_server.env, points, ITERATIONS)
     print(_report(outcomes))
     _check_chain(outcomes, layout, reference_run, root)
