@@ -22,7 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class StorageIOError(OSError):
-    """Storage still failing after the client's own retries, naming what failed.
+    """A storage operation that failed (on S3: after the client's own retries), naming what failed.
 
     An `OSError`, so the flows' tasks retry it (`retry_on_io`); the CLI prints it as one line.
     """
@@ -33,7 +33,7 @@ def names_io_failures(action: str) -> Callable[[F], F]:
 
     The URI is the first argument when it is a string, else its `uri` attribute (a writer).
     `FileNotFoundError` passes unchanged (callers rely on it); every other `OSError` becomes a
-    `StorageIOError` "<action> <uri>: <cause>" chained to the original.
+    `StorageIOError` "<action> <uri> failed: <cause>" chained to the original.
     """
 
     def decorate(fn: F) -> F:
@@ -47,9 +47,7 @@ def names_io_failures(action: str) -> Callable[[F], F]:
                 first = args[0] if args else kwargs.get("uri", "?")
                 uri = first if isinstance(first, str) else getattr(first, "uri", "?")
                 cause = err.strerror or str(err) or type(err).__name__
-                raise StorageIOError(
-                    err.errno, f"{action} {uri} failed after the storage client's retries: {cause}"
-                ) from err
+                raise StorageIOError(err.errno, f"{action} {uri} failed: {cause}") from err
 
         return wrapper  # type: ignore[return-value]
 
