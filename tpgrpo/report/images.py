@@ -18,9 +18,12 @@ def labelled_grid(
     cell_labels: Sequence[Sequence[str]] | None = None,
     scale: int = 2,
     label_width: int = 110,
-    caption_height: int = 12,
+    caption_height: int = 24,
 ) -> Image.Image:
-    """A grid of uint8 images `[H, W, 3]` with a label per row and an optional caption per cell."""
+    """A grid of uint8 images `[H, W, 3]` with a label per row and an optional caption per cell
+    (wrapped over as many lines as `caption_height` holds)."""
+    import textwrap
+
     h, w = rows[0][0].shape[:2]
     cell_w, cell_h = w * scale, h * scale + (caption_height if cell_labels else 0)
     cols = max(len(r) for r in rows)
@@ -33,7 +36,8 @@ def labelled_grid(
             x = label_width + j * (cell_w + 4)
             canvas.paste(Image.fromarray(image).resize((cell_w, h * scale), Image.Resampling.NEAREST), (x, y))
             if cell_labels:
-                draw.text((x + 1, y + h * scale), cell_labels[i][j][: cell_w // 6], fill=TEXT)
+                lines = textwrap.wrap(cell_labels[i][j], width=max(1, cell_w // 6))[: max(1, caption_height // 11)]
+                draw.text((x + 1, y + h * scale), "\n".join(lines), fill=TEXT, spacing=1)
     return canvas
 
 
