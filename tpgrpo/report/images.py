@@ -36,7 +36,8 @@ def labelled_grid(
             x = label_width + j * (cell_w + 4)
             canvas.paste(Image.fromarray(image).resize((cell_w, h * scale), Image.Resampling.NEAREST), (x, y))
             if cell_labels:
-                lines = textwrap.wrap(cell_labels[i][j], width=max(1, cell_w // 6))[: max(1, caption_height // 11)]
+                lines = textwrap.wrap(cell_labels[i][j], width=max(1, cell_w // 6))
+                lines = lines[: max(1, caption_height // 11)]
                 draw.text((x + 1, y + h * scale), "\n".join(lines), fill=TEXT, spacing=1)
     return canvas
 
