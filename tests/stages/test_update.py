@@ -87,3 +87,32 @@ def test_zero_advantages_skip_the_update(make_cfg: Any, policy: Any, tmp_path: P
     optimizer, ema, state = initial_state(cfg, policy)
     assert update.train_iteration(policy, cfg, data, optimizer, ema, state, iteration=0) == []
     assert state.optimizer_step == 0
+
+
+def test_run_counts_the_transformer_samples(make_cfg: Any, policy: Any, tmp_path: Path) -> None:
+    cfg = make_cfg(update__optimizer_steps=1, update__kl_beta=0.01, sampling__num_steps=4)
+    roll = _run(cfg, policy, tmp_path, "roll")
+    n, w = roll.num_rows, cfg.sampling.window[1]
+    adv = np.where(np.arange(n)[:, None] < n // 2, 1.0, -1.0) * np.ones((1, w))
+    ann = _annotations(roll, tmp_path, adv)
+    optimizer, ema, state = initial_state(cfg, policy)
+    seen: list[int] = []
+    handle = policy.transformer.register_forward_hook(
+        lambda _m, _a, kwargs, _out: seen.append(int(kwargs["hidden_states"].shape[0])), with_kwargs=True
+    )
+    try:
+        rows, stats = update.run(
+            cfg,
+            policy,
+            optimizer,
+            ema,
+            state,
+            iteration=0,
+            rollouts_uri=str(tmp_path / "roll"),
+            annotations_uri=ann,
+        )
+    finally:
+        handle.remove()
+    assert stats["model_evals"] == 2 * n * w  # the policy's and the KL reference's velocity
+    cfg_factor = 2 if cfg.sampling.guidance_scale > 1.0 else 1  # SD3's CFG batch [uncond; cond]
+    assert stats["forward_samples"] == cfg_factor * stats["model_evals"] == sum(seen)

@@ -493,7 +493,7 @@ def update_step(
         return dp.broadcast(None)
     train_state.iteration = iteration + 1
     train_state.rng = rng_state()
-    metrics = update.summarize(rows)
+    metrics = {**update.summarize(rows), "forward_samples": stats["forward_samples"]}
     write_dataset(
         layout.updates(iteration),
         "updates",

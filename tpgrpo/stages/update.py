@@ -32,7 +32,7 @@ from tpgrpo.errors import DataError
 from tpgrpo.models.lora import lora_parameters, reference_mode
 from tpgrpo.schemas.tensors import decode_tensor_column
 from tpgrpo.stages.checkpoints import TrainState
-from tpgrpo.stages.common import encode_prompts
+from tpgrpo.stages.common import encode_prompts, forward_samples
 from tpgrpo.stages.progress import progress_bar
 from tpgrpo.storage import read_table
 
@@ -358,14 +358,20 @@ def run(
         dp (`DataParallel`, *optional*): this rank's place when data-parallel (see `train_iteration`).
 
     Returns:
-        (`updates` rows, summary stats with `seconds` and `model_evals`; the same on every rank).
+        (`updates` rows, summary stats with `seconds`, `model_evals` (velocity evaluations: one per
+        trained transition, two with KL) and `forward_samples` (transformer samples, ×2 where
+        guidance doubles the batch: SD3 with CFG); the same on every rank).
     """
     started = time.perf_counter()
     data = load_update_data(rollouts_uri, annotations_uri, storage_options)
     rows = train_iteration(policy, cfg, data, optimizer, ema, state, iteration, dp)
     transitions = sum(r["samples"] for r in rows)
     evals = transitions * (2 if cfg.update.kl_beta > 0 else 1)
-    return rows, {"seconds": time.perf_counter() - started, "model_evals": float(evals)}
+    return rows, {
+        "seconds": time.perf_counter() - started,
+        "model_evals": float(evals),
+        "forward_samples": forward_samples(policy, evals, cfg.sampling.guidance_scale),
+    }
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
