@@ -25,8 +25,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(PIP) -e . "$(TORCH)"
 	@touch $@
 
+# boto3 (for moto) is pinned to the botocore that s3fs's aiobotocore allows, already installed:
+# unpinned, pip walks back through hundreds of boto3 releases (30+ minutes) to find it.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) -e ".[test]" "$(TORCH)"
+	$(PIP) -e ".[test]" "$(TORCH)" "boto3==$$($(BIN)/python -c 'import botocore; print(botocore.__version__)')"
 	@touch $@
 
 install: $(VENV)/.installed
