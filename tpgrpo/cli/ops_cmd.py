@@ -168,4 +168,9 @@ def format_eval(title: str, summary: dict[str, Any]) -> str:
     )
     if summary.get("task_mean_strict") is not None:
         lines.append(f"{'task mean':<15}{'':>6}{'':>10}{summary['task_mean_strict']:>9.3f}")
+    if summary.get("requirements"):
+        credit = ", ".join(f"{k} {v:.3f}" for k, v in summary["requirements"].items())
+        lines.append(f"requirement credit: {credit}  (color: colour accuracy)")
+    if summary.get("quality"):
+        lines.append("image quality: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["quality"].items()))
     return "\n".join(lines)

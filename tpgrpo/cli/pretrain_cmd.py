@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from tpgrpo.cli.common import echo
+from tpgrpo.cli.ops_cmd import format_eval
 
 app = typer.Typer(help="Pretrain the embedded tiny SD3 checkpoint and measure it.", no_args_is_help=True)
 
@@ -70,21 +71,8 @@ def evaluate(
             batch=32,
         )
         results[n] = res["summary"]
-        echo(format_summary(f"{model}, {n} ODE steps, {res['summary']['n']} images", res["summary"]))
+        echo(format_eval(f"{model}, {n} ODE steps, {res['summary']['n']} images", res["summary"]))
         if grid and n == max(steps or [10, 40]):
             task_grid(policy, prompts, grid, num_steps=n, guidance_scale=guidance, seed=seed)
     if out:
         Path(out).write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
-
-
-def format_summary(title: str, summary: dict[str, Any]) -> str:
-    """A GenEval-style table: per task n, mean partial credit, strict accuracy."""
-    lines = [title, f"{'task':<15}{'n':>6}{'score':>9}{'strict':>9}"]
-    for task, v in summary["tasks"].items():
-        strict = f"{v['strict']:.3f}" if v["strict"] is not None else "-"
-        lines.append(f"{task:<15}{v['n']:>6}{v['score']:>9.3f}{strict:>9}")
-    overall = summary["strict"] if summary["strict"] is not None else 0.0
-    lines.append(f"{'overall':<15}{summary['n']:>6}{summary['score']:>9.3f}{overall:>9.3f}")
-    if summary.get("task_mean_strict") is not None:
-        lines.append(f"{'task mean':<15}{'':>6}{'':>9}{summary['task_mean_strict']:>9.3f}")
-    return "\n".join(lines)

@@ -104,6 +104,9 @@ def _flat_metrics(summary: dict[str, Any], steps: int, replicates: int, source: 
         for k in ("n", "score", "strict"):
             if v.get(k) is not None:
                 out[f"task.{t}.{k}"] = v[k]
+    for group in ("requirements", "quality"):
+        for k, v in summary.get(group, {}).items():
+            out[f"{group}.{k}"] = v
     return out
 
 
@@ -111,8 +114,9 @@ def read_summary(uri: str, storage_options: Any = None) -> dict[str, Any]:
     """Per-task summary (`stages.evaluate.summarize`) of a finished eval dataset."""
     from tpgrpo.stages.evaluate import summarize
 
-    table = read_table(uri, "eval", columns=["task", "score", "strict"], storage_options=storage_options)
-    return summarize({c: table.column(c).to_pylist() for c in ("task", "score", "strict")})
+    cols = ["task", "score", "strict", "details"]
+    table = read_table(uri, "eval", columns=cols, storage_options=storage_options)
+    return summarize({c: table.column(c).to_pylist() for c in cols})
 
 
 def evaluate_checkpoint(

@@ -153,4 +153,30 @@ def summarize(cols: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
         "strict": float(np.nanmean(strict)) if score.size and not np.isnan(strict).all() else None,
         "task_mean_strict": float(np.mean(stricts)) if stricts else None,
         "tasks": per_task,
+        **detail_means(cols.get("details") or []),
     }
+
+
+QUALITY = ("background_dev", "stray_frac", "specks")
+
+
+def detail_means(details: Sequence[str | None]) -> dict[str, Any]:
+    """From the reward's JSON details (where it writes them, as `shapes` does): the mean credit per
+    requirement kind over every image that has one — `color` is the colour accuracy (objects named
+    with a colour drawn in it), `relation` the position accuracy — and the mean image-quality
+    figures (background deviation, stray-pixel fraction, specks)."""
+    credit: dict[str, list[float]] = {}
+    quality: dict[str, list[float]] = {k: [] for k in QUALITY}
+    for text in details:
+        d = json.loads(text) if text else {}
+        for name, value in (d.get("requirements") or {}).items():
+            credit.setdefault(name.split(":", 1)[0], []).append(float(value))
+        for k in QUALITY:
+            if k in d:
+                quality[k].append(float(d[k]))
+    out: dict[str, Any] = {}
+    if credit:
+        out["requirements"] = {k: float(np.mean(v)) for k, v in sorted(credit.items())}
+    if any(quality.values()):
+        out["quality"] = {k: float(np.mean(v)) for k, v in quality.items() if v}
+    return out
