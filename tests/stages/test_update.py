@@ -101,7 +101,7 @@ def test_run_counts_the_transformer_samples(make_cfg: Any, policy: Any, tmp_path
         lambda _m, _a, kwargs, _out: seen.append(int(kwargs["hidden_states"].shape[0])), with_kwargs=True
     )
     try:
-        rows, stats = update.run(
+        _rows, stats = update.run(
             cfg,
             policy,
             optimizer,

@@ -55,7 +55,8 @@ def test_policy_samples_are_deterministic_and_recognised() -> None:
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     policy = load_policy(ModelConfig(path="embedded:tiny"))
-    prompts = [f"a photo of a {c} {s}" for c in ("red", "green", "blue", "yellow") for s in ("circle", "square")]
+    colors, shapes = ("red", "green", "blue", "yellow"), ("circle", "square")
+    prompts = [f"a photo of a {c} {s}" for c in colors for s in shapes]
     seeds = list(range(len(prompts)))
     a = sample_ode(policy, prompts, seeds, num_steps=10, guidance_scale=4.5, height=64, width=64)
     b = sample_ode(policy, prompts, seeds, num_steps=10, guidance_scale=4.5, height=64, width=64)
