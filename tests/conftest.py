@@ -94,3 +94,24 @@ def storage_root(request: pytest.FixtureRequest, tmp_path: Any) -> StorageRoot:
         return StorageRoot(str(tmp_path / "runs"), None, "local")
     bucket: S3Bucket = request.getfixturevalue("s3_bucket")
     return StorageRoot(bucket.root, bucket.storage_options, "s3")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        default=False,
+        help="also run the tests marked slow (soaks, 20 random kill points); or set TPGRPO_SLOW=1",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tier (marked `slow`) runs with `--slow` only: CI runs the fast tier."""
+    import os
+
+    if config.getoption("--slow") or os.environ.get("TPGRPO_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow tier: run with --slow (or TPGRPO_SLOW=1)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

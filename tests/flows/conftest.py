@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,21 @@ def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run an in-process flow with one torch thread, like the flow processes of these tests
+    (`OMP_NUM_THREADS=1`, Dask workers): float reductions, hence the bits of every latent, depend on
+    the thread count, so runs compared for equality must use the same one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def small_config(pipeline: Path, root: Path, **extra: Any) -> dict[str, Any]:

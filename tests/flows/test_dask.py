@@ -20,7 +20,7 @@ import pytest
 from tpgrpo.config import Config, load_config_data
 from tpgrpo.storage import RunLayout
 
-from .conftest import small_config
+from .conftest import one_torch_thread, small_config
 from .test_train import _content
 
 GROUP = 3  # small_config's group_size
@@ -52,13 +52,15 @@ def test_dask_two_shards_equal_single_process(
     from tpgrpo.flows.train import train
 
     ref_root, dask_root = tmp_path / "threads", tmp_path / "dask"
-    train(_config(flow_pipeline, ref_root), run_id="r")
+    with one_torch_thread():  # as the Dask workers (OMP_NUM_THREADS=1)
+        train(_config(flow_pipeline, ref_root), run_id="r")
     dask_cfg = _config(
         flow_pipeline,
         dask_root,
         **{"rollout.shards": 2, "flow.task_runner": "dask", "flow.workers": 2},
     )
-    result = train(dask_cfg, run_id="r")
+    with one_torch_thread():
+        result = train(dask_cfg, run_id="r")
     assert result["iterations"] == 2
     layout = RunLayout(str(dask_root), "r")
     # both shards wrote their part files (shard 0 and shard 1 of every sharded stage)

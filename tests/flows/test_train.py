@@ -23,7 +23,7 @@ from tpgrpo.config import load_config_data
 from tpgrpo.storage import RunLayout, manifest_hash, read_manifest, read_table
 from tpgrpo.storage.blobs import read_blob_manifest, read_blobs
 
-from .conftest import small_config
+from .conftest import one_torch_thread, small_config
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,8 @@ def reference_run(
 
     root = tmp_path_factory.mktemp("reference") / "runs"
     cfg = load_config_data(small_config(flow_pipeline, root))
-    result = train(cfg, run_id="ref")
+    with one_torch_thread():  # as the CLI processes compared with it
+        result = train(cfg, run_id="ref")
     assert result["iterations"] == 2
     return RunLayout(str(root), "ref")
 

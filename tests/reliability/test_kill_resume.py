@@ -57,7 +57,8 @@ def test_kill_at_two_points_then_resume(
     root = tmp_path / "runs"
     config = write_config(flow_pipeline, root, tmp_path / "chaos.yaml")
     layout = RunLayout(str(root), "chaos")
-    points = [KillPoint(0, "branch", 0.1), KillPoint(1, "update", 0.3)]
+    # the update of the tiny run lasts a fraction of a second on a quiet machine: kill at its start
+    points = [KillPoint(0, "branch", 0.1), KillPoint(1, "update", 0.0)]
     outcomes = run_chain(config, "chaos", layout, prefect_server.env, points, ITERATIONS)
     print(_report(outcomes))
     _check_chain(outcomes, layout, reference_run, root)

@@ -147,7 +147,8 @@ def test_rescore_against_a_broken_server_exits_with_the_message(
             "0:1",
         )
     assert result.exit_code == 1, (result.output, result.exception)
-    assert result.stderr.startswith("error: reward server ") and "HTTP 500" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: reward server ") and "HTTP 500" in last, result.stderr
     assert not _finished(run_copy, "remote")
 
 

@@ -42,6 +42,10 @@ class ScriptedServer(ThreadingHTTPServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up mid-answer (timeouts, retries) is expected here: not printed to
+        stderr, where it would mix with the output of a CLI under test."""
+
 
 class _ScriptedHandler(BaseHTTPRequestHandler):
     server: ScriptedServer
