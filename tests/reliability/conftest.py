@@ -24,14 +24,28 @@ from typing import Any
 import pytest
 import yaml
 from flows.conftest import flow_pipeline, small_config
+from rewards.test_http import scripted
 
 from tpgrpo.storage import RunLayout
 
-__all__ = ["flow_pipeline"]  # re-exported fixture: the tiny random SD3 pipeline of tests/flows
+from .faults import FaultProxy
+
+# re-exported fixtures: the tiny random SD3 pipeline of tests/flows, the scripted reward servers of
+# tests/rewards
+__all__ = ["flow_pipeline", "scripted"]
 
 REWARD_KEY = "jpeg_incompressibility"
 MODE = "tp_constrained"
 ITERATIONS = 2
+
+
+@pytest.fixture
+def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(s3_endpoint)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,7 @@ dataset. A non-finite score never reaches an advantage: a stored NaN stops the a
 from __future__ import annotations
 
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from ops.conftest import run_cli
-from rewards.test_http import ScriptedServer
 
 from tpgrpo.cli.common import load_run
 from tpgrpo.errors import DataError, RewardError
@@ -40,22 +37,6 @@ def run_copy(reference_run: RunLayout, tmp_path: Path) -> RunLayout:
     root = tmp_path / "runs"
     shutil.copytree(reference_run.run_dir, root / reference_run.run_id)
     return RunLayout(str(root), reference_run.run_id)
-
-
-@pytest.fixture
-def scripted() -> Iterator[Callable[..., ScriptedServer]]:
-    servers: list[ScriptedServer] = []
-
-    def start(steps: list[Any], health: Any = "ok") -> ScriptedServer:
-        server = ScriptedServer(steps, health)
-        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 def _spec(url: str, **params: Any) -> dict[str, Any]:

@@ -8,7 +8,6 @@ The client's retries (and the tasks' `retry_on_io` beyond them) absorb it all: t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,6 @@ from .conftest import PrefectServer, run_content, use_server
 from .faults import Fault, FaultProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.integration]
-
-
-@pytest.fixture
-def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(s3_endpoint)
-    try:
-        yield proxy
-    finally:
-        proxy.close()
 
 
 def test_train_flow_through_a_faulty_network(

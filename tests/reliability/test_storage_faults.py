@@ -9,7 +9,6 @@ tasks' `retry_on_io` on top. Checked with the default client settings unless a t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +37,6 @@ ROWS = 12
 # persistent-fault tests give up sooner than the default client (5 attempts, backoff up to 8 s):
 # botocore's standard retry mode with 3 attempts; the slow tier also runs them with the defaults
 FEW_RETRIES = {"retries": {"mode": "standard", "max_attempts": 3}}
-
-
-@pytest.fixture
-def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(s3_endpoint)
-    try:
-        yield proxy
-    finally:
-        proxy.close()
 
 
 @pytest.fixture
