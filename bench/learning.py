@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,10 @@ BASE_CONFIGS: dict[str, list[str]] = {
     "tp": ["reward.mode=tp"],
     "tp_constrained": ["reward.mode=tp_constrained"],
 }
+# Every configuration: lr 1e-3 instead of tiny.yaml's 3e-4, which moved the adapter too little to
+# measure in short budgets. Pilot (seed 0, 300 s, 292 held-out images, base score 0.553): lr 1e-3
+# gave flow_grpo 0.560 and tp_constrained 0.559; lr 3e-3 gave 0.519 and 0.520, worse than the base.
+COMMON = ["update.lr=1e-3"]
 CONFIGS: dict[str, list[str]] = {
     **BASE_CONFIGS,
     "flow_grpo_fast": [*BASE_CONFIGS["flow_grpo"], "sampling.window_size=3"],
@@ -56,12 +62,19 @@ def run_dir(root: Path, name: str) -> Path:
 def train_run(
     root: Path, config: str, seed: int, budget_s: float, extra: list[str], log: Any
 ) -> dict[str, Any]:
-    """Train one configuration until its compute time reaches `budget_s` (resumable)."""
+    """Train one configuration until its compute time is nearest to `budget_s` (resumable).
+
+    Compute time is the CPU time of this process, which runs one torch thread (`--workers`): on an
+    idle core it equals the wall-clock time, and other jobs on a shared machine do not shrink a
+    run's budget. Wall-clock seconds are recorded beside it. An iteration starts only while the
+    budget left exceeds half the last iteration's cost, so every run ends within half an iteration
+    of the budget, whatever its cost per iteration.
+    """
     from tpgrpo.config import load_config
     from tpgrpo.flows import steps
     from tpgrpo.storage import read_manifest
 
-    sets = [*CONFIGS[config], f"seed={seed}", f"storage.root={root}", "iterations=1000", *extra]
+    sets = [*COMMON, *CONFIGS[config], f"seed={seed}", f"storage.root={root}", "iterations=1000", *extra]
     cfg = load_config(ROOT / "configs" / "tiny.yaml", sets)
     run_id = f"{config}-s{seed}"
     ctx = steps.RunContext.create(cfg, run_id, str(root))
@@ -70,25 +83,28 @@ def train_run(
     history: list[dict[str, Any]] = json.loads(progress_file.read_text()) if progress_file.is_file() else []
     spent = sum(h["seconds"] for h in history)
     i = len(history)
-    while spent < budget_s:
-        started = time.perf_counter()
+    while not history or budget_s - spent > history[-1]["seconds"] / 2:
+        started, started_wall = time.process_time(), time.perf_counter()
         for stage in steps.STAGES:
             steps.run_stage(ctx, stage, i)
-        seconds = time.perf_counter() - started
+        seconds, wall = time.process_time() - started, time.perf_counter() - started_wall
         layout = ctx.layout
         evals = sum(
             read_manifest(uri).model_evals
             for uri in (layout.rollouts(i), layout.branches(i), layout.updates(i))
         )
-        ann = read_manifest(layout.annotations(i, ctx.reward_key(), cfg.reward.mode)).metrics
+        ann_uri = layout.annotations(i, ctx.reward_key(), cfg.reward.mode)
+        ann = read_manifest(ann_uri).metrics
         history.append(
             {
                 "iteration": i,
                 "seconds": seconds,
+                "wall_seconds": wall,
                 "model_evals": evals,
                 "train_reward": ann["reward_final_mean"],
                 "turning_points": ann["turning_points"],
                 "kept": ann["kept"],
+                **step_statistics(ann_uri),
             }
         )
         progress_file.write_text(json.dumps(history, indent=1))
@@ -101,11 +117,31 @@ def train_run(
     return {"run_id": run_id, "config": config, "seed": seed, "history": history, "iterations": i}
 
 
+def step_statistics(annotations_uri: str) -> dict[str, list[int]]:
+    """Per trained step index: transitions, turning points detected and kept, zero increments."""
+    from tpgrpo.storage import read_table
+
+    t = read_table(annotations_uri, "annotations", columns=["step", "turning_point", "kept", "increment"])
+    step = t.column("step").to_numpy()
+    n = int(step.max()) + 1
+    inc = t.column("increment").to_numpy(zero_copy_only=False)  # NaN without completions
+
+    def per_step(mask: np.ndarray) -> list[int]:
+        return np.bincount(step[mask], minlength=n).tolist()
+
+    return {
+        "steps": per_step(np.ones_like(step, dtype=bool)),
+        "tp_by_step": per_step(t.column("turning_point").to_numpy(zero_copy_only=False)),
+        "kept_by_step": per_step(t.column("kept").to_numpy(zero_copy_only=False)),
+        "zero_increment_by_step": per_step(inc == 0.0),
+    }
+
+
 def evaluate_run(root: Path, run_id: str, checkpoint: int, replicates: int, steps: int) -> dict[str, Any]:
     """Score the EMA adapter of `checkpoint` on the fixed held-out set (cached in eval.json)."""
     cache = run_dir(root, run_id) / f"eval-{checkpoint}-{replicates}-{steps}.json"
     if cache.is_file():
-        return json.loads(cache.read_text())  # type: ignore[no-any-return]
+        return json.loads(cache.read_text())
     from tpgrpo.cli.common import load_run
     from tpgrpo.rewards import make_reward
     from tpgrpo.stages.checkpoints import load_adapter
@@ -153,14 +189,38 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(stats.t.ppf(0.975, a.size - 1) * a.std(ddof=1) / np.sqrt(a.size))
 
 
+def _one_thread() -> None:
+    """Worker initializer: one torch thread per run, so runs side by side share the cores evenly."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def train_and_evaluate(
+    root: Path, config: str, seed: int, budget: float, extra: list[str], replicates: int, steps: int
+) -> dict[str, Any]:
+    """One run: train within the budget, then evaluate its final EMA adapter (in a worker)."""
+    r = train_run(root, config, seed, budget, extra, _log)
+    r["eval"] = evaluate_run(root, r["run_id"], r["iterations"], replicates, steps)
+    _log(f"{r['run_id']}: {r['iterations']} iterations, eval strict {np.mean(r['eval']['strict']):.3f}")
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--configs", nargs="*", default=None)
+    ap.add_argument("--configs", nargs="*", default=None, choices=list(CONFIGS))
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--budget", type=float, default=300.0, help="compute seconds per run")
+    ap.add_argument("--budget", type=float, default=600.0, help="compute seconds per run (one thread)")
     ap.add_argument("--replicates", type=int, default=6, help="seeds per test prompt (146 prompts)")
     ap.add_argument("--eval-steps", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs side by side")
     ap.add_argument("--root", default=str(ROOT / "runs" / "bench-learning"))
     args = ap.parse_args()
     configs = args.configs or (list(MODES) if args.quick else list(CONFIGS))
@@ -169,111 +229,147 @@ def main() -> None:
     replicates = 1 if args.quick else args.replicates
     extra = ["rollout.batches_per_iteration=1"] if args.quick else []
     root = Path(args.root)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-    def log(message: str) -> None:
-        print(message, flush=True)
-
-    runs = [train_run(root, c, s, budget, extra, log) for c in configs for s in seeds]
-    base = evaluate_run(root, runs[0]["run_id"], 0, replicates, args.eval_steps)
-    for r in runs:
-        r["eval"] = evaluate_run(root, r["run_id"], r["iterations"], replicates, args.eval_steps)
-        log(f"{r['run_id']}: {r['iterations']} iterations, eval strict {np.mean(r['eval']['strict']):.3f}")
+    # The four modes first, seed by seed, then the controls: a partial run is a balanced one.
+    modes, controls = [c for c in configs if c in MODES], [c for c in configs if c not in MODES]
+    jobs = [(c, s) for group in (modes, controls) for s in seeds for c in group]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        args.workers, mp_context=context, initializer=_one_thread, max_tasks_per_child=1
+    ) as pool:
+        futures = [
+            pool.submit(train_and_evaluate, root, c, s, budget, extra, replicates, args.eval_steps)
+            for c, s in jobs
+        ]
+        base_future = pool.submit(
+            evaluate_run, root, f"{jobs[0][0]}-s{jobs[0][1]}", 0, replicates, args.eval_steps
+        )
+        runs = [f.result() for f in futures]
+        base = base_future.result()
     summary = summarize(runs, base)
-    report(summary, runs, base)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    report(summary, runs, "learning_quick" if args.quick else "learning")
     out = {
         "quick": args.quick,
         "budget_s": budget,
         "seeds": seeds,
+        "workers": args.workers,
         "eval_images": len(base["strict"]),
         "eval_steps": args.eval_steps,
         "summary": summary,
         "runs": [{k: v for k, v in r.items() if k != "eval"} | {"eval": r["eval"]["summary"]} for r in runs],
         "load_average": os.getloadavg(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / ("learning_quick.json" if args.quick else "learning.json")).write_text(
         json.dumps(out, indent=1)
     )
 
 
 def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any]:
-    """Per configuration: accuracy (mean ± 95 % CI over seeds), paired difference to flow_grpo,
-    quality figures, cost, and turning-point statistics."""
+    """Per configuration: accuracy (mean ± 95 % CI over seeds), paired differences to the base and
+    to flow_grpo (same images, same initial noise), quality figures, cost, turning-point statistics."""
     by_config: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         by_config.setdefault(r["config"], []).append(r)
+    base_strict = np.asarray(base["strict"], float)
     reference = {r["seed"]: np.asarray(r["eval"]["strict"], float) for r in by_config.get("flow_grpo", [])}
-    curves = {c: _mean_curve(rs) for c, rs in by_config.items()}
-    target = curves["flow_grpo"]["reward"][-1] if "flow_grpo" in curves else None
+    curves = {c: mean_curve(rs) for c, rs in by_config.items()}
+    target = float(curves["flow_grpo"]["smoothed"][-1]) if "flow_grpo" in curves else None
+    tasks = sorted(set(base["task"]))
     out: dict[str, Any] = {
         "base": {
-            "strict": float(np.mean(base["strict"])),
+            "strict": float(base_strict.mean()),
             "score": float(np.mean(base["score"])),
-            **{k: float(np.mean(v)) for k, v in base["quality"].items()},
-        }
+            "quality": {k: float(np.mean(v)) for k, v in base["quality"].items()},
+            "per_task_strict": per_task(base["strict"], base["task"], tasks),
+        },
+        "flow_grpo_final_train_reward": target,
     }
     for config, rs in by_config.items():
-        strict = [float(np.mean(r["eval"]["strict"])) for r in rs]
-        score = [float(np.mean(r["eval"]["score"])) for r in rs]
-        diffs = [
-            float(np.mean(np.asarray(r["eval"]["strict"], float) - reference[r["seed"]]))
-            for r in rs
-            if r["seed"] in reference
-        ]
-        tps = [h["turning_points"] for r in rs for h in r["history"]]
-        kept = [h["kept"] for r in rs for h in r["history"]]
+        strict = [np.asarray(r["eval"]["strict"], float) for r in rs]
+        history = [h for r in rs for h in r["history"]]
         out[config] = {
-            "strict": mean_ci(strict),
-            "score": mean_ci(score),
-            "paired_diff_vs_flow_grpo": mean_ci(diffs) if diffs else None,
+            "runs": len(rs),
+            "strict": mean_ci([float(s.mean()) for s in strict]),
+            "score": mean_ci([float(np.mean(r["eval"]["score"])) for r in rs]),
+            "paired_diff_vs_base": mean_ci([float((s - base_strict).mean()) for s in strict]),
+            "paired_diff_vs_flow_grpo": (
+                mean_ci([float((s - reference[r["seed"]]).mean()) for r, s in zip(rs, strict, strict=True)])
+                if config != "flow_grpo" and all(r["seed"] in reference for r in rs)
+                else None
+            ),
             "iterations": float(np.mean([r["iterations"] for r in rs])),
-            "model_evals_per_iteration": float(np.mean([h["model_evals"] for r in rs for h in r["history"]])),
-            "seconds_per_iteration": float(np.mean([h["seconds"] for r in rs for h in r["history"]])),
-            "turning_points_per_iteration": float(np.mean(tps)),
-            "kept_per_iteration": float(np.mean(kept)),
-            "quality": {
-                k: float(np.mean([np.mean(r["eval"]["quality"][k]) for r in rs]))
-                for k in ("background_dev", "stray_frac", "specks")
-            },
-            "reaches_flow_grpo_final": _first_reach(curves[config], target),
+            "compute_seconds": float(np.mean([sum(h["seconds"] for h in r["history"]) for r in rs])),
+            "model_evals_per_iteration": float(np.mean([h["model_evals"] for h in history])),
+            "seconds_per_iteration": float(np.mean([h["seconds"] for h in history])),
+            "quality": {k: mean_ci([float(np.mean(r["eval"]["quality"][k])) for r in rs]) for k in QUALITY},
+            "reaches_flow_grpo_final": first_reach(curves[config], target),
             "per_task_strict": {
-                t: float(
-                    np.mean(
-                        [
-                            np.mean(
-                                [
-                                    s
-                                    for s, tt in zip(r["eval"]["strict"], r["eval"]["task"], strict=True)
-                                    if tt == t
-                                ]
-                            )
-                            for r in rs
-                        ]
-                    )
-                )
-                for t in sorted(set(base["task"]))
+                t: mean_ci([per_task(r["eval"]["strict"], r["eval"]["task"], [t])[t] for r in rs])
+                for t in tasks
             },
+            "turning_points": turning_point_statistics(history),
         }
     return out
 
 
-def _mean_curve(rs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Train reward, cumulative model evaluations and seconds per iteration, averaged over seeds."""
+QUALITY = ("background_dev", "stray_frac", "specks")
+
+
+def per_task(strict: list[bool], task: list[str], tasks: list[str]) -> dict[str, float]:
+    """Strict accuracy per task."""
+    s, t = np.asarray(strict, float), np.asarray(task)
+    return {k: float(s[t == k].mean()) for k in tasks}
+
+
+def turning_point_statistics(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per trained step index, over every iteration of every seed: the share of transitions that are
+    detected turning points, kept after balancing, and that have a zero increment `d_j`. None for
+    runs without completions (no increments)."""
+    if not any(sum(h["zero_increment_by_step"]) for h in history):
+        return None
+    steps = np.sum([h["steps"] for h in history], axis=0)  # [W]
+    counts = {
+        k: np.sum([h[k] for h in history], axis=0)
+        for k in ("tp_by_step", "kept_by_step", "zero_increment_by_step")
+    }
+    return {
+        "per_iteration": float(np.mean([h["turning_points"] for h in history])),
+        "kept_per_iteration": float(np.mean([h["kept"] for h in history])),
+        "removed_by_balancing": (
+            float(1 - counts["kept_by_step"].sum() / counts["tp_by_step"].sum())
+            if counts["tp_by_step"].sum()
+            else None
+        ),
+        "share_of_steps": float(counts["kept_by_step"].sum() / steps.sum()),
+        "tp_rate_by_step": (counts["tp_by_step"] / steps).tolist(),
+        "kept_rate_by_step": (counts["kept_by_step"] / steps).tolist(),
+        "zero_increment_rate_by_step": (counts["zero_increment_by_step"] / steps).tolist(),
+    }
+
+
+SMOOTH = 3  # iterations of the trailing mean that "reaches Flow-GRPO's final score" is read on
+
+
+def mean_curve(rs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Train reward (mean final score of the iteration's rollouts), cumulative model evaluations
+    and compute seconds per iteration, averaged over seeds; `smoothed`: trailing mean of the reward."""
     n = min(len(r["history"]) for r in rs)
     hist = [r["history"][:n] for r in rs]
+    reward = np.mean([[h["train_reward"] for h in h_] for h_ in hist], axis=0)  # [n]
+    smoothed = np.array([reward[max(0, i + 1 - SMOOTH) : i + 1].mean() for i in range(n)])
     return {
-        "reward": np.mean([[h["train_reward"] for h in h_] for h_ in hist], axis=0),
+        "reward": reward,
+        "smoothed": smoothed,
         "evals": np.cumsum(np.mean([[h["model_evals"] for h in h_] for h_ in hist], axis=0)),
         "seconds": np.cumsum(np.mean([[h["seconds"] for h in h_] for h_ in hist], axis=0)),
     }
 
 
-def _first_reach(curve: dict[str, np.ndarray], target: float | None) -> dict[str, float] | None:
-    """Iteration (1-based), evaluations and seconds at which the curve first reaches `target`."""
+def first_reach(curve: dict[str, np.ndarray], target: float | None) -> dict[str, float] | None:
+    """Iteration (1-based), evaluations and seconds at which the smoothed curve first reaches `target`."""
     if target is None:
         return None
-    hit = np.nonzero(curve["reward"] >= target)[0]
+    hit = np.nonzero(curve["smoothed"] >= target)[0]
     if hit.size == 0:
         return None
     i = int(hit[0])
@@ -284,42 +380,82 @@ def _first_reach(curve: dict[str, np.ndarray], target: float | None) -> dict[str
     }
 
 
-def report(summary: dict[str, Any], runs: list[dict[str, Any]], base: dict[str, Any]) -> None:
-    """Print the table and draw train-reward curves against iterations, evaluations and seconds."""
+def fmt_ci(v: tuple[float, float] | list[float] | None) -> str:
+    """`mean±half-width`, or `-` where there is nothing to compare."""
+    return "-" if v is None else f"{v[0]:.3f}±{v[1]:.3f}"
+
+
+def report(summary: dict[str, Any], runs: list[dict[str, Any]], name: str) -> None:
+    """Print the tables; draw train-reward curves against iterations, evaluations and seconds, and
+    turning-point rates by step index."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    print(f"base: strict {summary['base']['strict']:.3f}, score {summary['base']['score']:.3f}")
-    print(
-        f"{'config':<20}{'iters':>6}{'strict':>16}{'vs flow_grpo':>18}{'evals/it':>10}{'s/it':>7}"
-        f"{'TP/it':>7}{'kept':>6}{'bg dev':>8}{'stray':>8}"
-    )
-    for config, v in summary.items():
-        if config == "base":
-            continue
-        d = v["paired_diff_vs_flow_grpo"]
-        diff = f"{d[0]:+.3f}±{d[1]:.3f}" if d else "-"
-        print(
-            f"{config:<20}{v['iterations']:>6.1f}{v['strict'][0]:>9.3f}±{v['strict'][1]:.3f}{diff:>18}"
-            f"{v['model_evals_per_iteration']:>10.0f}{v['seconds_per_iteration']:>7.1f}"
-            f"{v['turning_points_per_iteration']:>7.1f}{v['kept_per_iteration']:>6.1f}"
-            f"{v['quality']['background_dev']:>8.4f}{v['quality']['stray_frac']:>8.4f}"
+    b = summary["base"]
+    print(f"base: strict {b['strict']:.3f}, score {b['score']:.3f}, quality {b['quality']}")
+    configs = [c for c in summary if c not in ("base", "flow_grpo_final_train_reward")]
+    header = ("config", "iters", "strict", "vs base", "vs flow_grpo", "evals/it", "s/it", "reach it/s")
+    print("".join(f"{h:>16}" for h in header) + f"{'bg dev':>9}{'stray':>8}{'specks':>8}")
+    for c in configs:
+        v = summary[c]
+        reach = v["reaches_flow_grpo_final"]
+        cells = (
+            c,
+            f"{v['iterations']:.1f}",
+            fmt_ci(v["strict"]),
+            fmt_ci(v["paired_diff_vs_base"]),
+            fmt_ci(v["paired_diff_vs_flow_grpo"]),
+            f"{v['model_evals_per_iteration']:.0f}",
+            f"{v['seconds_per_iteration']:.1f}",
+            f"{reach['iteration']}/{reach['seconds']:.0f}" if reach else "-",
         )
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for config in sorted({r["config"] for r in runs}):
-        curve = _mean_curve([r for r in runs if r["config"] == config])
-        xs = (np.arange(1, len(curve["reward"]) + 1), curve["evals"], curve["seconds"])
-        for ax, x in zip(axes, xs, strict=True):
-            ax.plot(x, curve["reward"], label=config)
-    for ax, label in zip(axes, ("iteration", "model evaluations", "seconds"), strict=True):
+        q = v["quality"]
+        print(
+            "".join(f"{x:>16}" for x in cells)
+            + f"{q['background_dev'][0]:>9.4f}{q['stray_frac'][0]:>8.4f}{q['specks'][0]:>8.3f}"
+        )
+    tasks = list(b["per_task_strict"])
+    print(f"\n{'per-task strict':<22}" + "".join(f"{t:>14}" for t in tasks))
+    print(f"{'base':<22}" + "".join(f"{b['per_task_strict'][t]:>14.3f}" for t in tasks))
+    for c in configs:
+        print(f"{c:<22}" + "".join(f"{summary[c]['per_task_strict'][t][0]:>14.3f}" for t in tasks))
+    print(f"\n{'turning points':<22}{'per it':>8}{'kept':>8}{'removed':>9}{'share':>7}", end="")
+    print("  kept rate by step | zero d_j by step")
+    for c in configs:
+        tp = summary[c]["turning_points"]
+        if tp is None:
+            print(f"{c:<22}  (no completions: no increments)")
+            continue
+        removed = "-" if tp["removed_by_balancing"] is None else f"{tp['removed_by_balancing']:.2f}"
+        print(
+            f"{c:<22}{tp['per_iteration']:>8.1f}{tp['kept_per_iteration']:>8.1f}{removed:>9}"
+            f"{tp['share_of_steps']:>7.3f}  {' '.join(f'{x:.2f}' for x in tp['kept_rate_by_step'])} | "
+            f"{' '.join(f'{x:.2f}' for x in tp['zero_increment_rate_by_step'])}"
+        )
+
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    for config in configs:
+        curve = mean_curve([r for r in runs if r["config"] == config])
+        xs = (np.arange(1, len(curve["smoothed"]) + 1), curve["evals"], curve["seconds"])
+        for ax, x in zip(axes[:3], xs, strict=True):
+            ax.plot(x, curve["smoothed"], label=config)
+        tp = summary[config]["turning_points"]
+        if tp and tp["per_iteration"] > 0:
+            rates = tp["kept_rate_by_step"]
+            axes[3].plot(np.arange(len(rates)), rates, marker="o", label=config)
+    for ax, label in zip(axes, ("iteration", "model evaluations", "compute seconds"), strict=False):
         ax.set_xlabel(label)
-        ax.set_ylabel("train reward (mean final score)")
+        ax.set_ylabel(f"train reward (trailing mean of {SMOOTH})")
         ax.grid(alpha=0.3)
+    axes[3].set_xlabel("trained step j")
+    axes[3].set_ylabel("kept turning points per transition")
+    axes[3].grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    axes[3].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "learning_curves.png", dpi=110)
+    fig.savefig(RESULTS / f"{name}_curves.png", dpi=110)
 
 
 if __name__ == "__main__":
