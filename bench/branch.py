@@ -52,12 +52,11 @@ def load_tiny_policy(cfg: Any) -> Any:
 
 
 def make_rollouts(policy: Any, cfg: Any, n: int) -> Any:
-    """`n` trajectories as a rollouts-like Arrow table (states, ode_states, prompts, window)."""
+    """`n` trajectories sampled and encoded as the rollout stage does, as an Arrow table."""
     import pyarrow as pa
 
-    from tpgrpo.schemas.tensors import encode_tensor
     from tpgrpo.stages.common import make_grid, trajectory_seed
-    from tpgrpo.stages.rollout import Trajectory, sample_trajectories
+    from tpgrpo.stages.rollout import Trajectory, sample_trajectories, trajectory_rows
     from tpgrpo.world.prompts import load_prompts
 
     prompts = [r.prompt for r in load_prompts("train")]
@@ -67,44 +66,7 @@ def make_rollouts(policy: Any, cfg: Any, n: int) -> Any:
     ]
     grid = make_grid(cfg, policy)
     out = sample_trajectories(policy, cfg, grid, trajs)
-    rows: dict[str, list[Any]] = {
-        k: []
-        for k in (
-            "trajectory_id",
-            "prompt",
-            "window_start",
-            "window_size",
-            "sigmas",
-            "states",
-            "states_dtype",
-            "states_shape",
-            "ode_states",
-            "ode_states_dtype",
-            "ode_states_shape",
-        )
-    }
-    for i, t in enumerate(trajs):
-        s, sd, ss = encode_tensor(out["states"][i])
-        o, od, os_ = encode_tensor(out["ode_states"][i])
-        for k, v in zip(
-            rows,
-            (
-                t.trajectory_id,
-                t.prompt,
-                grid.window.start,
-                grid.window.size,
-                grid.sigmas.tolist(),
-                s,
-                sd,
-                ss,
-                o,
-                od,
-                os_,
-            ),
-            strict=True,
-        ):
-            rows[k].append(v)
-    return pa.table(rows)
+    return pa.table(trajectory_rows(trajs, out, run_id="bench", iteration=0, cfg=cfg, grid=grid))
 
 
 @torch.no_grad()

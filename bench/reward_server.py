@@ -27,7 +27,6 @@ import contextlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -35,6 +34,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _common import cpu_model, start_reward_server  # noqa: E402
 
 from tpgrpo.errors import RewardError  # noqa: E402
 from tpgrpo.rewards import make_reward  # noqa: E402
@@ -43,36 +43,13 @@ from tpgrpo.world.scenes import sample_batch  # noqa: E402
 RESULTS = Path(__file__).parent / "results" / "reward_server.json"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _start_server(concurrency: int, connections: int) -> tuple[subprocess.Popen[str], str]:
-    """`serve_forever("shapes")` in a subprocess; returns it and its URL (read from its banner)."""
-    code = (
-        "from tpgrpo.rewards.server import serve_forever; "
-        f"serve_forever('shapes', port=0, max_concurrency={concurrency}, max_connections={connections})"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    banner = proc.stdout.readline()
-    if " at http://" not in banner:
-        proc.kill()
-        raise SystemExit(f"the reward server did not start: {banner!r}")
-    return proc, banner.rsplit(" at ", 1)[1].strip()
-
-
 def _level(
     url: str, clients: int, seconds: float, images: np.ndarray, prompts: list[str], want: np.ndarray
 ) -> dict[str, Any]:
     """Run `clients` threads for `seconds`; counts, errors and latencies of their score calls."""
-    rewards = [make_reward({"name": "http", "url": url, "batch_size": len(images)}) for _ in range(clients)]
+    rewards: list[Any] = [
+        make_reward({"name": "http", "url": url, "batch_size": len(images)}) for _ in range(clients)
+    ]
     for r in rewards:  # warm-up: connections open, server caches filled
         with contextlib.suppress(RewardError):  # a refused client counts in the timed loop
             r.score(images, prompts)
@@ -144,7 +121,7 @@ def main() -> None:
     local_rate = n * len(images) / (time.perf_counter() - t0)
 
     load_before = os.getloadavg()
-    proc, url = _start_server(args.server_concurrency, args.max_connections)
+    proc, url = start_reward_server(args.server_concurrency, args.max_connections)
     try:
         rows = [_level(url, c, seconds, images, prompts, want) for c in levels]
     finally:
@@ -156,7 +133,7 @@ def main() -> None:
         f"http reward -> reference server (shapes, max_concurrency={args.server_concurrency}, "
         f"max_connections={args.max_connections}) on loopback; "
         f"{args.batch} images 64x64 per request, {seconds:g} s per level; {os.cpu_count()} cores "
-        f"({_cpu_model()}), load {load_before[0]:.1f} -> {load_after[0]:.1f}"
+        f"({cpu_model()}), load {load_before[0]:.1f} -> {load_after[0]:.1f}"
     )
     print(f"in-process shapes reward, same batch: {local_rate:,.0f} images/s")
     head = ("clients", "img/s", "requests", "errors", "err rate", "p50 ms", "p95 ms")
@@ -171,7 +148,7 @@ def main() -> None:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     env = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "loadavg_before": load_before,
         "loadavg_after": load_after,

@@ -30,8 +30,6 @@ import collections  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -41,6 +39,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
 import torch  # noqa: E402
+from _common import cpu_model, start_reward_server  # noqa: E402
 
 from tpgrpo.errors import RewardError  # noqa: E402
 from tpgrpo.rewards import make_reward  # noqa: E402
@@ -59,7 +58,7 @@ _STATUS_LOCK = threading.Lock()
 
 
 class _CountingSession(requests.Session):
-    def request(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
         response = super().request(*args, **kwargs)
         with _STATUS_LOCK:
             STATUS[response.status_code] += 1
@@ -67,16 +66,6 @@ class _CountingSession(requests.Session):
 
 
 requests.Session = _CountingSession  # type: ignore[misc]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _stored_iteration(root: Path, trajectories: int) -> tuple[str, str, np.ndarray]:
@@ -127,20 +116,6 @@ def _stored_iteration(root: Path, trajectories: int) -> tuple[str, str, np.ndarr
     stage_prompts = [rollouts["prompt"][i // BOUNDARIES] for i in range(rows)]
     local = make_reward("shapes").score(images, stage_prompts).score
     return r_uri, b_uri, local
-
-
-def _start_server(concurrency: int, connections: int) -> tuple[subprocess.Popen[str], str]:
-    code = (
-        "from tpgrpo.rewards.server import serve_forever; "
-        f"serve_forever('shapes', port=0, max_concurrency={concurrency}, max_connections={connections})"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    banner = proc.stdout.readline()
-    if " at http://127.0.0.1:" not in banner:
-        proc.kill()
-        raise SystemExit(f"the reward server did not start on loopback: {banner!r}")
-    return proc, banner.rsplit(" at ", 1)[1].strip()
 
 
 def _stage(
@@ -252,7 +227,7 @@ def main() -> None:
         rollouts, branches, local = _stored_iteration(work, args.trajectories)
         images = args.trajectories * BOUNDARIES
         for label, connections in servers:
-            proc, url = _start_server(args.server_concurrency, connections)
+            proc, url = start_reward_server(args.server_concurrency, connections)
             try:
                 print(
                     f"\nreward server {url} ({label}: max_connections {connections}, max_concurrency "
@@ -272,7 +247,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     result = {
         "env": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),

@@ -26,6 +26,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
+from _common import cpu_model  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from tpgrpo.rewards import make_reward  # noqa: E402
@@ -43,16 +44,6 @@ def _time(fn: Callable[[], object], repeats: int) -> list[float]:
         fn()
         out.append(time.perf_counter() - t0)
     return out
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -98,7 +89,7 @@ def main() -> None:
             }
         )
 
-    print(f"shapes reward, 1 core ({_cpu_model()}), {args.n} images 64x64, best/median of {args.repeats}")
+    print(f"shapes reward, 1 core ({cpu_model()}), {args.n} images 64x64, best/median of {args.repeats}")
     print(f"{'case':<28} {'img/s (best)':>14} {'img/s (median)':>15}")
     for r in rows:
         print(f"{r['case']:<28} {r['images_per_s_best']:>14,.0f} {r['images_per_s_median']:>15,.0f}")
@@ -106,7 +97,7 @@ def main() -> None:
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     env = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores_used": 1,
         "python": platform.python_version(),
         "numpy": np.__version__,

@@ -178,8 +178,6 @@ def run_shard(
         if probe is not None
         else 1
     )
-    w0, w = grid.window.start, grid.window.size
-    sigmas = grid.sigmas.tolist()
     evals = 0
     with DatasetWriter(output, "rollouts", shard=shard, storage_options=storage_options) as writer:
         bar = progress_bar(total=len(todo), desc=f"rollout it{iteration} shard{shard}", unit="traj")
@@ -187,34 +185,7 @@ def run_shard(
             part = [todo[i] for i in idx]
             out = sample_trajectories(policy, cfg, grid, part)
             evals += len(part) * grid.num_steps
-            rows: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
-            for n, t in enumerate(part):
-                states, s_dtype, s_shape = encode_tensor(out["states"][n])
-                odes, o_dtype, o_shape = encode_tensor(out["ode_states"][n])
-                rows["run_id"].append(run_id)
-                rows["iteration"].append(iteration)
-                rows["batch"].append(t.batch)
-                rows["trajectory_id"].append(t.trajectory_id)
-                rows["prompt_id"].append(t.prompt_id)
-                rows["group_id"].append(t.group_id)
-                rows["prompt"].append(t.prompt)
-                rows["seed"].append(t.seed)
-                rows["num_steps"].append(grid.num_steps)
-                rows["window_start"].append(w0)
-                rows["window_size"].append(w)
-                rows["sampler"].append(cfg.sampling.sampler)
-                rows["noise_level"].append(cfg.sampling.noise_level)
-                rows["guidance_scale"].append(cfg.sampling.guidance_scale)
-                rows["sigmas"].append(sigmas)
-                rows["states"].append(states)
-                rows["states_dtype"].append(s_dtype)
-                rows["states_shape"].append(s_shape)
-                rows["ode_states"].append(odes)
-                rows["ode_states_dtype"].append(o_dtype)
-                rows["ode_states_shape"].append(o_shape)
-                rows["log_probs"].append(out["log_probs"][n].tolist())
-                rows["image"].append(encode_png(out["images"][n]))
-            writer.write(rows)
+            writer.write(trajectory_rows(part, out, run_id=run_id, iteration=iteration, cfg=cfg, grid=grid))
             bar.update(len(part))
         bar.close()
     return {
@@ -251,6 +222,47 @@ _COLUMNS = (
     "log_probs",
     "image",
 )
+
+
+def trajectory_rows(
+    part: list[Trajectory], out: dict[str, Any], *, run_id: str, iteration: int, cfg: Config, grid: Grid
+) -> dict[str, list[Any]]:
+    """The `rollouts` columns of sampled trajectories.
+
+    Args:
+        part (`list[Trajectory]`): the trajectories, in the order `sample_trajectories` saw them.
+        out (`dict`): its result: `states` `[B, T+1, C, h, w]`, `ode_states` `[B, W, C, h, w]`,
+            `log_probs` `[B, W]`, `images` (uint8 `[B, H, W, 3]`).
+    """
+    rows: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
+    sigmas = grid.sigmas.tolist()
+    for n, t in enumerate(part):
+        states, s_dtype, s_shape = encode_tensor(out["states"][n])
+        odes, o_dtype, o_shape = encode_tensor(out["ode_states"][n])
+        rows["run_id"].append(run_id)
+        rows["iteration"].append(iteration)
+        rows["batch"].append(t.batch)
+        rows["trajectory_id"].append(t.trajectory_id)
+        rows["prompt_id"].append(t.prompt_id)
+        rows["group_id"].append(t.group_id)
+        rows["prompt"].append(t.prompt)
+        rows["seed"].append(t.seed)
+        rows["num_steps"].append(grid.num_steps)
+        rows["window_start"].append(grid.window.start)
+        rows["window_size"].append(grid.window.size)
+        rows["sampler"].append(cfg.sampling.sampler)
+        rows["noise_level"].append(cfg.sampling.noise_level)
+        rows["guidance_scale"].append(cfg.sampling.guidance_scale)
+        rows["sigmas"].append(sigmas)
+        rows["states"].append(states)
+        rows["states_dtype"].append(s_dtype)
+        rows["states_shape"].append(s_shape)
+        rows["ode_states"].append(odes)
+        rows["ode_states_dtype"].append(o_dtype)
+        rows["ode_states_shape"].append(o_shape)
+        rows["log_probs"].append(out["log_probs"][n].tolist())
+        rows["image"].append(encode_png(out["images"][n]))
+    return rows
 
 
 def summary(table: Any) -> dict[str, float]:
