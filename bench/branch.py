@@ -21,12 +21,12 @@ import argparse
 import functools
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import cpu_model
 
 from tpgrpo.config import load_config_data
 from tpgrpo.stages.batching import CANDIDATES, measure_throughput
@@ -49,6 +49,125 @@ def load_tiny_policy(cfg: Any) -> Any:
     path = Path(tempfile.mkdtemp()) / "tiny"
     build_tiny_pipeline(VOCABULARY).save_pretrained(path)
     return load_policy(cfg.model.model_copy(update={"path": str(path)})), "random tiny (same architecture)"
+
+
+# SD3.5-Medium's transformer (diffusers config of stabilityai/stable-diffusion-3.5-medium) and SD3's VAE.
+SD35M_TRANSFORMER = {
+    "sample_size": 128,
+    "patch_size": 2,
+    "in_channels": 16,
+    "out_channels": 16,
+    "num_layers": 24,
+    "attention_head_dim": 64,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "caption_projection_dim": 1536,
+    "pooled_projection_dim": 2048,
+    "pos_embed_max_size": 384,
+    "dual_attention_layers": tuple(range(13)),
+    "qk_norm": "rms_norm",
+}
+SD3_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "latent_channels": 16,
+    "sample_size": 1024,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+    "scaling_factor": 1.5305,
+    "shift_factor": 0.0609,
+}
+
+
+def sd35m_random_policy(device: str, dtype: str, layers: int) -> Any:
+    """SD3.5-Medium's transformer and SD3's VAE with random weights, built on `device`.
+
+    The text encoders keep SD3's output widths (CLIP-L 768 ⊕ CLIP-G 1280 pooled, T5 4096) with one
+    layer each and the world's vocabulary: they run once per prompt and do not enter the timings.
+    `layers` < 24 shrinks the transformer (a CPU smoke test of this path).
+    """
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        T5Config,
+        T5EncoderModel,
+        T5Tokenizer,
+    )
+
+    from tpgrpo.models.pipeline import DTYPES
+    from tpgrpo.models.sd3 import SD3Policy
+    from tpgrpo.world.prompts import VOCABULARY
+    from tpgrpo.world.tiny import CLIP_BOS, CLIP_EOS, clip_vocabulary, t5_vocabulary
+
+    vocab, merges = clip_vocabulary(VOCABULARY)
+    clip_merges: Any = merges  # (a, b) pairs, as in world/tiny.py
+
+    def clip(hidden: int, heads: int) -> Any:
+        return CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                vocab_size=len(vocab),
+                hidden_size=hidden,
+                intermediate_size=4 * hidden,
+                num_hidden_layers=1,
+                num_attention_heads=heads,
+                max_position_embeddings=77,
+                projection_dim=hidden,
+                bos_token_id=vocab[CLIP_BOS],
+                eos_token_id=vocab[CLIP_EOS],
+                pad_token_id=vocab[CLIP_EOS],
+            )
+        )
+
+    t5_tokenizer = T5Tokenizer(vocab=t5_vocabulary(VOCABULARY), extra_ids=0, model_max_length=256)
+    torch.manual_seed(0)
+    with torch.device(device):  # random initialisation where the model runs (fast on a GPU)
+        modules = {
+            "transformer": SD3Transformer2DModel(**{**SD35M_TRANSFORMER, "num_layers": layers}),
+            "vae": AutoencoderKL(**SD3_VAE),
+            "text_encoder": clip(768, 12),
+            "text_encoder_2": clip(1280, 20),
+            "text_encoder_3": T5EncoderModel(
+                T5Config(
+                    vocab_size=len(t5_tokenizer),
+                    d_model=4096,
+                    d_kv=64,
+                    d_ff=10240,
+                    num_layers=1,
+                    num_heads=64,
+                    pad_token_id=0,
+                    eos_token_id=1,
+                )
+            ),
+        }
+    for module in modules.values():
+        if DTYPES[dtype] != torch.float32:
+            module.to(DTYPES[dtype])
+        module.eval()
+    pipeline = StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        tokenizer=CLIPTokenizer(vocab=vocab, merges=clip_merges, model_max_length=77),
+        tokenizer_2=CLIPTokenizer(vocab=vocab, merges=clip_merges, model_max_length=77),
+        tokenizer_3=t5_tokenizer,
+        **modules,
+    )
+    return SD3Policy(pipeline, max_sequence_length=256)
+
+
+def sync(policy: Any) -> None:
+    """Wait for the device (timings on a GPU end when its work does)."""
+    if policy.device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def make_rollouts(policy: Any, cfg: Any, n: int) -> Any:
@@ -75,22 +194,24 @@ def naive(policy: Any, cfg: Any, table: Any) -> tuple[float, int, int]:
     from tpgrpo.algorithm import ode_step
     from tpgrpo.schemas.tensors import decode_tensor_column
 
-    states = decode_tensor_column(table, "states")  # [n, T+1, C, h, w]
+    states = decode_tensor_column(table, "states").to(policy.device)  # [n, T+1, C, h, w]
     sigmas = torch.tensor(table.column("sigmas")[0].as_py())
     n, t_steps = states.shape[0], states.shape[1] - 1
     w = int(table.column("window_size")[0].as_py())
     prompts = table.column("prompt").to_pylist()
     cond, uncond = policy.encode(prompts), policy.encode([""] * n)
     calls = evals = 0
+    sync(policy)
     start = time.perf_counter()
     for k in range(w):
         x = states[:, k]
         for g in range(k, t_steps):
-            sig = torch.full((n,), float(sigmas[g]))
+            sig = torch.full((n,), float(sigmas[g]), device=policy.device)  # [n]
             v = policy.velocity(x, sig, cond, uncond, cfg.sampling.guidance_scale)
             x = ode_step(x, v, float(sigmas[g]), float(sigmas[g + 1]))
             calls += 1
             evals += n
+    sync(policy)
     return time.perf_counter() - start, calls, evals
 
 
@@ -104,46 +225,82 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="T = 10 only, n = 8 and 32, fewer repeats")
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--model", choices=("tiny", "sd35m-random"), default="tiny")
+    ap.add_argument("--device", default="cpu", help="cuda for the GPU figures")
+    ap.add_argument("--dtype", default=None, help="default: float32 on cpu, bfloat16 on cuda")
+    ap.add_argument("--resolution", type=int, default=None, help="default: 64 (tiny), 512 (sd35m-random)")
+    ap.add_argument("--layers", type=int, default=24, help="sd35m-random: transformer blocks (24 = SD3.5-M)")
+    ap.add_argument("--steps", type=int, nargs="*", default=None, help="T values (default 6 10 16)")
+    ap.add_argument(
+        "--ns", type=int, nargs="*", default=None, help="trajectories per batch (default 8 16 32 64)"
+    )
+    ap.add_argument("--max-batch", type=int, default=CANDIDATES[-1], help="largest batch the sweep measures")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: results/branch.json (tiny, cpu), else branch_<model>_<device>.json",
+    )
     args = ap.parse_args()
-    steps_list = [10] if args.quick else [6, 10, 16]
-    ns = [8, 32] if args.quick else [8, 16, 32, 64]
+    steps_list = args.steps or ([10] if args.quick else [6, 10, 16])
+    ns = args.ns or ([8, 32] if args.quick else [8, 16, 32, 64])
     repeats = args.repeats or (2 if args.quick else 3)
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    size = args.resolution or (64 if args.model == "tiny" else 512)
+    out = args.out or (
+        RESULTS
+        if (args.model, args.device) == ("tiny", "cpu")
+        else RESULTS.with_name(f"branch_{args.model}_{args.device}.json")
+    )
+    model_section = {
+        "path": "embedded:tiny",
+        "height": size,
+        "width": size,
+        "device": args.device,
+        "dtype": dtype,
+    }
 
-    base = load_config_data({"model": {"path": "embedded:tiny"}})
-    policy, model_name = load_tiny_policy(base)
+    def config(t_steps: int, **branch: Any) -> Any:
+        return load_config_data(
+            {"model": model_section, "sampling": {"num_steps": t_steps}, "branch": branch}
+        )
+
+    if args.model == "tiny":
+        policy, model_name = load_tiny_policy(config(10))
+    else:
+        policy, model_name = (
+            sd35m_random_policy(args.device, dtype, args.layers),
+            f"sd35m-random ({args.layers} layers)",
+        )
     from tpgrpo.stages.branch import complete_branches
 
-    shape = policy.latent_shape(64, 64)
+    shape = policy.latent_shape(size, size)
     cond, uncond = policy.encode(["a photo of a red circle"]), policy.encode([""])
+    candidates = [b for b in CANDIDATES if b <= args.max_batch]
     rates = {
         b: max(measure_throughput(policy, b, shape, cond, uncond, 4.5, repeats=3) for _ in range(repeats))
-        for b in CANDIDATES
+        for b in candidates
     }
     best = max(rates, key=lambda b: rates[b])
-    print(f"model: {model_name}; velocity evaluations/s by batch (CFG, best of {repeats}):")
-    print("  " + "  ".join(f"{b}:{rates[b]:.0f}" for b in CANDIDATES) + f"  -> best batch {best}")
+    print(
+        f"model: {model_name}, {size}px, {dtype} on {args.device}; "
+        f"velocity evaluations/s by batch (CFG, best of {repeats}):"
+    )
+    print("  " + "  ".join(f"{b}:{rates[b]:.1f}" for b in candidates) + f"  -> best batch {best}")
 
     rows = []
     for t_steps in steps_list:
-        cfg = load_config_data({"model": {"path": "embedded:tiny"}, "sampling": {"num_steps": t_steps}})
+        cfg = config(t_steps)
         for n in ns:
             table = make_rollouts(policy, cfg, n)
-            stage = best_of(
-                functools.partial(_timed, complete_branches, policy, cfg, table, chunk=best), repeats
+            secs, result = best_of(
+                functools.partial(_timed, policy, complete_branches, policy, cfg, table, chunk=best), repeats
             )
-            secs, result = stage
-            plain_cfg = load_config_data(
-                {
-                    "model": {"path": "embedded:tiny"},
-                    "sampling": {"num_steps": t_steps},
-                    "branch": {"reuse_rollout_velocity": False},
-                }
+            no_reuse = complete_branches(
+                policy, config(t_steps, reuse_rollout_velocity=False), table, chunk=best
             )
-            no_reuse = complete_branches(policy, plain_cfg, table, chunk=best)
             nv_secs, nv_calls, nv_evals = best_of(functools.partial(naive, policy, cfg, table), repeats)
-            dec_start = time.perf_counter()
-            policy.decode(result.latents)
-            decode_s = time.perf_counter() - dec_start
+            decode_s, _ = _timed(policy, policy.decode, result.latents)
             floor_s = result.model_evals / rates[best]
             row = {
                 "T": t_steps,
@@ -152,6 +309,8 @@ def main() -> None:
                 "stage_s": secs,
                 "stage_calls": result.model_calls,
                 "stage_evals": result.model_evals,
+                "stage_calls_per_s": result.model_calls / secs,
+                "plain_forward_calls_per_s": rates[best] / best,  # batched forwards of the chunk size
                 "evals_without_reuse": no_reuse.model_evals,
                 "evals_per_trajectory": result.model_evals / n,
                 "floor_s": floor_s,
@@ -172,31 +331,37 @@ def main() -> None:
                 f"ratio {row['floor_ratio']:.2f} | naive {nv_secs:6.2f}s {nv_calls:>4} calls "
                 f"-> x{row['naive_speedup']:.2f} | decode {decode_s:.2f}s"
             )
-    key = next(r for r in rows if r["T"] == 10 and r["n"] == 8)
+    key = next((r for r in rows if r["T"] == 10 and r["n"] == 8), rows[0])
     result_json = {
         "floor_ratio": key["floor_ratio"],
         "naive_speedup": key["naive_speedup"],
-        "device": "cpu",
+        "key_row": {"T": key["T"], "n": key["n"]},
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_model(),
+        "dtype": dtype,
+        "resolution": size,
         "model": model_name,
         "quick": args.quick,
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
-        "machine": platform.processor() or platform.machine(),
         "throughput_by_batch": {str(b): r for b, r in rates.items()},
         "best_batch": best,
         "rows": rows,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result_json, indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result_json, indent=1))
     print(
-        f"T=10, n=8: floor_ratio {key['floor_ratio']:.2f}, "
-        f"naive_speedup {key['naive_speedup']:.2f} -> {RESULTS}"
+        f"T={key['T']}, n={key['n']}: floor_ratio {key['floor_ratio']:.2f}, "
+        f"naive_speedup {key['naive_speedup']:.2f} -> {out}"
     )
 
 
-def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
+def _timed(policy: Any, fn: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
+    """Seconds of `fn(*args, **kwargs)` until the device is done, and its result."""
+    sync(policy)
     start = time.perf_counter()
     out = fn(*args, **kwargs)
+    sync(policy)
     return time.perf_counter() - start, out
 
 
