@@ -1,10 +1,15 @@
 """Learning efficiency on mini-GenEval: TP-GRPO modes against Flow-GRPO, per step and per compute.
 
 From the shipped tiny checkpoint, every configuration trains with the same seeds for the same
-wall-clock budget (its own compute time, measured per iteration), then its final EMA adapter is
-evaluated on one fixed held-out set — every test prompt × `--replicates` with the same initial
-noise for every run (paired comparisons) — with the `shapes` reward (accuracy and partial
-credit) and its image-quality figures (background deviation, stray pixels, specks).
+compute budget, then its final EMA adapter is evaluated on one fixed held-out set — every test
+prompt × `--replicates` with the same initial noise for every run (paired comparisons) — with the
+`shapes` reward (accuracy and partial credit) and its image-quality figures (background deviation,
+stray pixels, specks).
+
+Runs go side by side in `--workers` processes of one torch thread each (on 2 cores, two such runs
+do ~1.3× the work of one run on two threads). A run's budget is the CPU time of its process: on a
+core of its own that is its wall-clock time, and other jobs on a shared machine do not change how
+much a run gets to do. Each run stops within half an iteration of the budget.
 
 Configurations (`--configs`, default all):
 
@@ -15,10 +20,11 @@ Configurations (`--configs`, default all):
 | flow_grpo_fast | flow_grpo on the first 3 steps only (the SDE window where composition is decided) |
 | <mode>_kl | each mode with a small KL to the base (β = 0.01) |
 
-Runs are resumable: each is a tpgrpo run under `--root`, its per-iteration timings in
-`bench.json` beside it; rerunning skips finished iterations and evaluations. Results (JSON, PNG
-curves against iterations, model evaluations and wall-clock) go to `bench/results/`.
-`--quick`: 2 seeds × the four modes, tiny budget (< 10 minutes; smoke test of the pipeline only).
+Runs are resumable: each is a tpgrpo run under `--root`, its per-iteration timings and
+turning-point counts by step in `bench.json` beside it, its evaluation cached beside that; rerunning
+skips finished iterations and evaluations. Results (JSON; PNG curves against iterations, model
+evaluations and compute seconds, and kept turning points by step) go to `bench/results/`.
+`--quick`: 2 seeds × the four modes, 40 s each (~5 minutes; a smoke test of the pipeline only).
 """
 
 from __future__ import annotations
