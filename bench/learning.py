@@ -143,9 +143,27 @@ def step_statistics(annotations_uri: str) -> dict[str, list[int]]:
     }
 
 
+def eval_cache(root: Path, run_id: str, checkpoint: int, replicates: int, steps: int) -> Path:
+    return run_dir(root, run_id) / f"eval-{checkpoint}-{replicates}-{steps}.json"
+
+
+def finished_run(root: Path, config: str, seed: int, replicates: int, steps: int) -> dict[str, Any] | None:
+    """A run whose training and final evaluation are stored, as `train_and_evaluate` returns it."""
+    run_id = f"{config}-s{seed}"
+    progress = run_dir(root, run_id) / "bench.json"
+    if not progress.is_file():
+        return None
+    history = json.loads(progress.read_text())
+    cache = eval_cache(root, run_id, len(history), replicates, steps)
+    if not cache.is_file():
+        return None  # still training or evaluating
+    run = {"run_id": run_id, "config": config, "seed": seed, "history": history, "iterations": len(history)}
+    return run | {"eval": json.loads(cache.read_text())}
+
+
 def evaluate_run(root: Path, run_id: str, checkpoint: int, replicates: int, steps: int) -> dict[str, Any]:
-    """Score the EMA adapter of `checkpoint` on the fixed held-out set (cached in eval.json)."""
-    cache = run_dir(root, run_id) / f"eval-{checkpoint}-{replicates}-{steps}.json"
+    """Score the EMA adapter of `checkpoint` on the fixed held-out set (cached beside the run)."""
+    cache = eval_cache(root, run_id, checkpoint, replicates, steps)
     if cache.is_file():
         return json.loads(cache.read_text())
     from tpgrpo.cli.common import load_run
@@ -228,6 +246,11 @@ def main() -> None:
     ap.add_argument("--eval-steps", type=int, default=10)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs side by side")
     ap.add_argument("--root", default=str(ROOT / "runs" / "bench-learning"))
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="summarize the runs finished so far (train nothing; evaluates the base if needed)",
+    )
     args = ap.parse_args()
     configs = args.configs or (list(MODES) if args.quick else list(CONFIGS))
     seeds = list(range(2 if args.quick else args.seeds))
@@ -238,19 +261,28 @@ def main() -> None:
     # The four modes first, seed by seed, then the controls: a partial run is a balanced one.
     modes, controls = [c for c in configs if c in MODES], [c for c in configs if c not in MODES]
     jobs = [(c, s) for group in (modes, controls) for s in seeds for c in group]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        args.workers, mp_context=context, initializer=_one_thread, max_tasks_per_child=1
-    ) as pool:
-        futures = [
-            pool.submit(train_and_evaluate, root, c, s, budget, extra, replicates, args.eval_steps)
-            for c, s in jobs
-        ]
-        base_future = pool.submit(
-            evaluate_run, root, f"{jobs[0][0]}-s{jobs[0][1]}", 0, replicates, args.eval_steps
-        )
-        runs = [f.result() for f in futures]
-        base = base_future.result()
+    base_run = f"{jobs[0][0]}-s{jobs[0][1]}"
+    if args.report_only:
+        found = [finished_run(root, c, s, replicates, args.eval_steps) for c, s in jobs]
+        runs = [r for r in found if r is not None]
+        missing = [f"{c}-s{s}" for (c, s), r in zip(jobs, found, strict=True) if r is None]
+        print(f"{len(runs)} of {len(jobs)} runs finished; missing: {', '.join(missing) or 'none'}")
+        if not runs:
+            raise SystemExit(f"no finished run under {root}")
+        base = evaluate_run(root, base_run, 0, replicates, args.eval_steps)
+    else:
+        missing = []
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            args.workers, mp_context=context, initializer=_one_thread, max_tasks_per_child=1
+        ) as pool:
+            base_future = pool.submit(evaluate_run, root, base_run, 0, replicates, args.eval_steps)
+            futures = [
+                pool.submit(train_and_evaluate, root, c, s, budget, extra, replicates, args.eval_steps)
+                for c, s in jobs
+            ]
+            runs = [f.result() for f in futures]
+            base = base_future.result()
     summary = summarize(runs, base)
     RESULTS.mkdir(parents=True, exist_ok=True)
     report(summary, runs, "learning_quick" if args.quick else "learning")
@@ -258,6 +290,7 @@ def main() -> None:
         "quick": args.quick,
         "budget_s": budget,
         "seeds": seeds,
+        "missing_runs": missing,
         "workers": args.workers,
         "eval_images": len(base["strict"]),
         "eval_steps": args.eval_steps,
