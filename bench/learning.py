@@ -283,6 +283,7 @@ def main() -> None:
             ]
             runs = [f.result() for f in futures]
             base = base_future.result()
+    evaluate_at_partner_iterations(root, runs, replicates, args.eval_steps)
     summary = summarize(runs, base)
     RESULTS.mkdir(parents=True, exist_ok=True)
     report(summary, runs, "learning_quick" if args.quick else "learning")
@@ -295,7 +296,12 @@ def main() -> None:
         "eval_images": len(base["strict"]),
         "eval_steps": args.eval_steps,
         "summary": summary,
-        "runs": [{k: v for k, v in r.items() if k != "eval"} | {"eval": r["eval"]["summary"]} for r in runs],
+        "runs": [
+            {k: v for k, v in r.items() if k not in ("eval", "eval_matched")}
+            | {"eval": r["eval"]["summary"]}
+            | ({"eval_matched": r["eval_matched"]["summary"]} if "eval_matched" in r else {})
+            for r in runs
+        ],
         "load_average": os.getloadavg(),
     }
     (RESULTS / ("learning_quick.json" if args.quick else "learning.json")).write_text(
@@ -303,14 +309,53 @@ def main() -> None:
     )
 
 
+def flow_reference(config: str) -> str:
+    """The Flow-GRPO run a configuration is compared with: `flow_grpo_kl` for the KL controls."""
+    return "flow_grpo_kl" if config.endswith("_kl") else "flow_grpo"
+
+
+# Per step: each Flow-GRPO reference is also evaluated at the iteration count its step-level
+# partner (same seed) reached within the same budget.
+PARTNERS = {"flow_grpo": "tp_constrained", "flow_grpo_kl": "tp_constrained_kl"}
+
+
+def evaluate_at_partner_iterations(
+    root: Path, runs: list[dict[str, Any]], replicates: int, steps: int
+) -> None:
+    """Add `eval_matched` (and `matched_iterations`) to the Flow-GRPO reference runs in place."""
+    by_key = {(r["config"], r["seed"]): r for r in runs}
+    for r in runs:
+        partner = by_key.get((PARTNERS.get(r["config"], ""), r["seed"]))
+        if partner is not None:
+            r["matched_iterations"] = partner["iterations"]
+            r["eval_matched"] = evaluate_run(root, r["run_id"], partner["iterations"], replicates, steps)
+
+
 def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any]:
-    """Per configuration: accuracy (mean ± 95 % CI over seeds), paired differences to the base and
-    to flow_grpo (same images, same initial noise), quality figures, cost, turning-point statistics."""
+    """Per configuration: accuracy (mean ± 95 % CI over seeds), paired differences (same images,
+    same initial noise) to the base and to its Flow-GRPO reference — at the end of the budget and at
+    equal iterations — quality figures, cost, turning-point statistics."""
     by_config: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         by_config.setdefault(r["config"], []).append(r)
     base_strict = np.asarray(base["strict"], float)
-    reference = {r["seed"]: np.asarray(r["eval"]["strict"], float) for r in by_config.get("flow_grpo", [])}
+    final = {(r["config"], r["seed"]): np.asarray(r["eval"]["strict"], float) for r in runs}
+    matched = {
+        (r["config"], r["seed"]): np.asarray(r["eval_matched"]["strict"], float)
+        for r in runs
+        if "eval_matched" in r
+    }
+
+    def paired(
+        config: str, rs: list[dict[str, Any]], against: dict[Any, np.ndarray]
+    ) -> tuple[float, float] | None:
+        """Mean ± CI over seeds of the per-image strict difference to the reference's run of that seed."""
+        ref = flow_reference(config)
+        if config == ref or not all((ref, r["seed"]) in against for r in rs):
+            return None
+        diffs = [float((final[(config, r["seed"])] - against[(ref, r["seed"])]).mean()) for r in rs]
+        return mean_ci(diffs)
+
     curves = {c: mean_curve(rs) for c, rs in by_config.items()}
     target = float(curves["flow_grpo"]["smoothed"][-1]) if "flow_grpo" in curves else None
     tasks = sorted(set(base["task"]))
@@ -331,9 +376,17 @@ def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any
             "strict": mean_ci([float(s.mean()) for s in strict]),
             "score": mean_ci([float(np.mean(r["eval"]["score"])) for r in rs]),
             "paired_diff_vs_base": mean_ci([float((s - base_strict).mean()) for s in strict]),
-            "paired_diff_vs_flow_grpo": (
-                mean_ci([float((s - reference[r["seed"]]).mean()) for r, s in zip(rs, strict, strict=True)])
-                if config != "flow_grpo" and all(r["seed"] in reference for r in rs)
+            "flow_reference": flow_reference(config),
+            "paired_diff_vs_flow_grpo": paired(config, rs, final),
+            "paired_diff_vs_flow_grpo_equal_iterations": paired(config, rs, matched),
+            "strict_at_partner_iterations": (
+                mean_ci([float(np.mean(r["eval_matched"]["strict"])) for r in rs])
+                if all("eval_matched" in r for r in rs)
+                else None
+            ),
+            "partner_iterations": (
+                float(np.mean([r["matched_iterations"] for r in rs]))
+                if all("eval_matched" in r for r in rs)
                 else None
             ),
             "iterations": float(np.mean([r["iterations"] for r in rs])),
@@ -435,7 +488,19 @@ def report(summary: dict[str, Any], runs: list[dict[str, Any]], name: str) -> No
     b = summary["base"]
     print(f"base: strict {b['strict']:.3f}, score {b['score']:.3f}, quality {b['quality']}")
     configs = [c for c in summary if c not in ("base", "flow_grpo_final_train_reward")]
-    header = ("config", "iters", "strict", "vs base", "vs flow_grpo", "evals/it", "s/it", "reach it/s")
+    # vs flow: paired difference to the Flow-GRPO reference (flow_grpo_kl for the KL controls) at the
+    # end of the budget; = iters: the same, with the reference evaluated at this run's iteration count
+    header = (
+        "config",
+        "iters",
+        "strict",
+        "vs base",
+        "vs flow",
+        "vs flow = iters",
+        "evals/it",
+        "s/it",
+        "reach it/s",
+    )
     print("".join(f"{h:>16}" for h in header) + f"{'bg dev':>9}{'stray':>8}{'specks':>8}")
     for c in configs:
         v = summary[c]
@@ -446,6 +511,7 @@ def report(summary: dict[str, Any], runs: list[dict[str, Any]], name: str) -> No
             fmt_ci(v["strict"]),
             fmt_ci(v["paired_diff_vs_base"]),
             fmt_ci(v["paired_diff_vs_flow_grpo"]),
+            fmt_ci(v["paired_diff_vs_flow_grpo_equal_iterations"]),
             f"{v['model_evals_per_iteration']:.0f}",
             f"{v['seconds_per_iteration']:.1f}",
             f"{reach['iteration']}/{reach['seconds']:.0f}" if reach else "-",
