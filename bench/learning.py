@@ -124,10 +124,13 @@ def train_run(
 
 
 def step_statistics(annotations_uri: str) -> dict[str, list[int]]:
-    """Per trained step index: transitions, turning points detected and kept, zero increments."""
+    """Per trained step index: transitions, turning points detected and kept, zero increments `d_j`,
+    and transitions with a non-zero advantage (the ones that carry a gradient)."""
     from tpgrpo.storage import read_table
 
-    t = read_table(annotations_uri, "annotations", columns=["step", "turning_point", "kept", "increment"])
+    t = read_table(
+        annotations_uri, "annotations", columns=["step", "turning_point", "kept", "increment", "advantage"]
+    )
     step = t.column("step").to_numpy()
     n = int(step.max()) + 1
     inc = t.column("increment").to_numpy(zero_copy_only=False)  # NaN without completions
@@ -140,7 +143,16 @@ def step_statistics(annotations_uri: str) -> dict[str, list[int]]:
         "tp_by_step": per_step(t.column("turning_point").to_numpy(zero_copy_only=False)),
         "kept_by_step": per_step(t.column("kept").to_numpy(zero_copy_only=False)),
         "zero_increment_by_step": per_step(inc == 0.0),
+        "nonzero_advantage_by_step": per_step(t.column("advantage").to_numpy() != 0.0),
     }
+
+
+STEP_KEYS = ("steps", "tp_by_step", "kept_by_step", "zero_increment_by_step", "nonzero_advantage_by_step")
+
+
+def config_mode(config: str) -> str:
+    """The reward mode a configuration trains with."""
+    return next(x.split("=", 1)[1] for x in CONFIGS[config] if x.startswith("reward.mode="))
 
 
 def eval_cache(root: Path, run_id: str, checkpoint: int, replicates: int, steps: int) -> Path:
@@ -157,6 +169,13 @@ def finished_run(root: Path, config: str, seed: int, replicates: int, steps: int
     cache = eval_cache(root, run_id, len(history), replicates, steps)
     if not cache.is_file():
         return None  # still training or evaluating
+    if any(k not in h for h in history for k in STEP_KEYS):  # written by an earlier version: recount
+        from tpgrpo.storage import RunLayout
+
+        layout = RunLayout(str(root), run_id)
+        for h in history:
+            h.update(step_statistics(layout.annotations(h["iteration"], "shapes", config_mode(config))))
+        progress.write_text(json.dumps(history, indent=1))
     run = {"run_id": run_id, "config": config, "seed": seed, "history": history, "iterations": len(history)}
     return run | {"eval": json.loads(cache.read_text())}
 
@@ -400,6 +419,7 @@ def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any
                 for t in tasks
             },
             "turning_points": turning_point_statistics(history),
+            "signal": signal_statistics(history),
         }
     return out
 
@@ -436,6 +456,17 @@ def turning_point_statistics(history: list[dict[str, Any]]) -> dict[str, Any] | 
         "tp_rate_by_step": (counts["tp_by_step"] / steps).tolist(),
         "kept_rate_by_step": (counts["kept_by_step"] / steps).tolist(),
         "zero_increment_rate_by_step": (counts["zero_increment_by_step"] / steps).tolist(),
+    }
+
+
+def signal_statistics(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The share of trained transitions with a non-zero advantage (the ones a gradient comes from),
+    overall and per step index."""
+    steps = np.sum([h["steps"] for h in history], axis=0)  # [W]
+    nonzero = np.sum([h["nonzero_advantage_by_step"] for h in history], axis=0)  # [W]
+    return {
+        "nonzero_advantage_share": float(nonzero.sum() / steps.sum()),
+        "by_step": (nonzero / steps).tolist(),
     }
 
 
@@ -538,6 +569,12 @@ def report(summary: dict[str, Any], runs: list[dict[str, Any]], name: str) -> No
             f"{c:<22}{tp['per_iteration']:>8.1f}{tp['kept_per_iteration']:>8.1f}{removed:>9}"
             f"{tp['share_of_steps']:>7.3f}  {' '.join(f'{x:.2f}' for x in tp['kept_rate_by_step'])} | "
             f"{' '.join(f'{x:.2f}' for x in tp['zero_increment_rate_by_step'])}"
+        )
+    print(f"\n{'non-zero advantages':<22}{'share':>8}  by step")
+    for c in configs:
+        sig = summary[c]["signal"]
+        print(
+            f"{c:<22}{sig['nonzero_advantage_share']:>8.3f}  {' '.join(f'{x:.2f}' for x in sig['by_step'])}"
         )
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4))
