@@ -508,74 +508,115 @@ def fmt_ci(v: tuple[float, float] | list[float] | None) -> str:
     return "-" if v is None else f"{v[0]:.3f}±{v[1]:.3f}"
 
 
+def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The result tables as (title, header, rows) of text cells, for the console and for markdown."""
+    b = summary["base"]
+    configs = [c for c in summary if c not in ("base", "flow_grpo_final_train_reward")]
+    q0 = b["quality"]
+    base_quality = [f"{q0['background_dev']:.4f}", f"{q0['stray_frac']:.4f}", f"{q0['specks']:.3f}"]
+    main_rows = [["base", "0", f"{b['strict']:.3f}", *["-"] * 6, *base_quality]]
+    for c in configs:
+        v, q = summary[c], summary[c]["quality"]
+        reach = v["reaches_flow_grpo_final"]
+        main_rows.append(
+            [
+                c,
+                f"{v['iterations']:.1f}",
+                fmt_ci(v["strict"]),
+                fmt_ci(v["paired_diff_vs_base"]),
+                fmt_ci(v["paired_diff_vs_flow_grpo"]),
+                fmt_ci(v["paired_diff_vs_flow_grpo_equal_iterations"]),
+                f"{v['model_evals_per_iteration']:.0f}",
+                f"{v['seconds_per_iteration']:.1f}",
+                f"{reach['iteration']} / {reach['seconds']:.0f}" if reach else "-",
+                f"{q['background_dev'][0]:.4f}",
+                f"{q['stray_frac'][0]:.4f}",
+                f"{q['specks'][0]:.3f}",
+            ]
+        )
+    # vs flow: paired difference to the Flow-GRPO reference (flow_grpo_kl for the KL controls) at the
+    # end of the budget; = iters: the same, with the reference evaluated at this run's iteration count
+    main_header = [
+        "config",
+        "iterations",
+        "strict",
+        "vs base",
+        "vs flow",
+        "vs flow, = iters",
+        "evals/it",
+        "s/it",
+        "reaches flow (it / s)",
+        "bg dev",
+        "stray",
+        "specks",
+    ]
+    tasks = list(b["per_task_strict"])
+    task_rows = [["base", *(f"{b['per_task_strict'][t]:.3f}" for t in tasks)]]
+    task_rows += [[c, *(f"{summary[c]['per_task_strict'][t][0]:.3f}" for t in tasks)] for c in configs]
+    tp_rows = []
+    for c in configs:
+        tp = summary[c]["turning_points"]
+        if tp is None:
+            tp_rows.append([c, "no completions", "-", "-", "-", "-", "-"])
+            continue
+        removed = "-" if tp["removed_by_balancing"] is None else f"{tp['removed_by_balancing']:.2f}"
+        tp_rows.append(
+            [
+                c,
+                f"{tp['per_iteration']:.1f}",
+                f"{tp['kept_per_iteration']:.1f}",
+                removed,
+                f"{tp['share_of_steps']:.3f}",
+                " ".join(f"{x:.2f}" for x in tp["kept_rate_by_step"]),
+                " ".join(f"{x:.2f}" for x in tp["zero_increment_rate_by_step"]),
+            ]
+        )
+    signal_rows = [
+        [
+            c,
+            f"{summary[c]['signal']['nonzero_advantage_share']:.3f}",
+            " ".join(f"{x:.2f}" for x in summary[c]["signal"]["by_step"]),
+        ]
+        for c in configs
+    ]
+    return [
+        ("held-out accuracy, cost and image quality", main_header, main_rows),
+        ("per-task strict accuracy", ["config", *tasks], task_rows),
+        (
+            "turning points (kept rate and zero increments by trained step j = 0 … W−1)",
+            [
+                "config",
+                "detected / it",
+                "kept / it",
+                "removed by balancing",
+                "kept share",
+                "kept rate",
+                "zero d_j",
+            ],
+            tp_rows,
+        ),
+        ("transitions with a non-zero advantage", ["config", "share", "by step"], signal_rows),
+    ]
+
+
 def report(summary: dict[str, Any], runs: list[dict[str, Any]], name: str) -> None:
-    """Print the tables; draw train-reward curves against iterations, evaluations and seconds, and
-    turning-point rates by step index."""
+    """Print the tables and write them as markdown (`<name>.md`); draw train-reward curves against
+    iterations, evaluations and seconds, and kept turning points by step index (`<name>_curves.png`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    b = summary["base"]
-    print(f"base: strict {b['strict']:.3f}, score {b['score']:.3f}, quality {b['quality']}")
+    markdown = []
+    for title, header, rows in tables(summary):
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        print(f"\n{title}")
+        for r in [header, *rows]:
+            print("  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)))
+        markdown += [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        markdown += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    (RESULTS / f"{name}.md").write_text("\n".join(markdown))
     configs = [c for c in summary if c not in ("base", "flow_grpo_final_train_reward")]
-    # vs flow: paired difference to the Flow-GRPO reference (flow_grpo_kl for the KL controls) at the
-    # end of the budget; = iters: the same, with the reference evaluated at this run's iteration count
-    header = (
-        "config",
-        "iters",
-        "strict",
-        "vs base",
-        "vs flow",
-        "vs flow = iters",
-        "evals/it",
-        "s/it",
-        "reach it/s",
-    )
-    print("".join(f"{h:>16}" for h in header) + f"{'bg dev':>9}{'stray':>8}{'specks':>8}")
-    for c in configs:
-        v = summary[c]
-        reach = v["reaches_flow_grpo_final"]
-        cells = (
-            c,
-            f"{v['iterations']:.1f}",
-            fmt_ci(v["strict"]),
-            fmt_ci(v["paired_diff_vs_base"]),
-            fmt_ci(v["paired_diff_vs_flow_grpo"]),
-            fmt_ci(v["paired_diff_vs_flow_grpo_equal_iterations"]),
-            f"{v['model_evals_per_iteration']:.0f}",
-            f"{v['seconds_per_iteration']:.1f}",
-            f"{reach['iteration']}/{reach['seconds']:.0f}" if reach else "-",
-        )
-        q = v["quality"]
-        print(
-            "".join(f"{x:>16}" for x in cells)
-            + f"{q['background_dev'][0]:>9.4f}{q['stray_frac'][0]:>8.4f}{q['specks'][0]:>8.3f}"
-        )
-    tasks = list(b["per_task_strict"])
-    print(f"\n{'per-task strict':<22}" + "".join(f"{t:>14}" for t in tasks))
-    print(f"{'base':<22}" + "".join(f"{b['per_task_strict'][t]:>14.3f}" for t in tasks))
-    for c in configs:
-        print(f"{c:<22}" + "".join(f"{summary[c]['per_task_strict'][t][0]:>14.3f}" for t in tasks))
-    print(f"\n{'turning points':<22}{'per it':>8}{'kept':>8}{'removed':>9}{'share':>7}", end="")
-    print("  kept rate by step | zero d_j by step")
-    for c in configs:
-        tp = summary[c]["turning_points"]
-        if tp is None:
-            print(f"{c:<22}  (no completions: no increments)")
-            continue
-        removed = "-" if tp["removed_by_balancing"] is None else f"{tp['removed_by_balancing']:.2f}"
-        print(
-            f"{c:<22}{tp['per_iteration']:>8.1f}{tp['kept_per_iteration']:>8.1f}{removed:>9}"
-            f"{tp['share_of_steps']:>7.3f}  {' '.join(f'{x:.2f}' for x in tp['kept_rate_by_step'])} | "
-            f"{' '.join(f'{x:.2f}' for x in tp['zero_increment_rate_by_step'])}"
-        )
-    print(f"\n{'non-zero advantages':<22}{'share':>8}  by step")
-    for c in configs:
-        sig = summary[c]["signal"]
-        print(
-            f"{c:<22}{sig['nonzero_advantage_share']:>8.3f}  {' '.join(f'{x:.2f}' for x in sig['by_step'])}"
-        )
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     for config in configs:
