@@ -473,16 +473,20 @@ def signal_statistics(history: list[dict[str, Any]]) -> dict[str, Any]:
 SMOOTH = 3  # iterations of the trailing mean that "reaches Flow-GRPO's final score" is read on
 
 
+def trailing_mean(x: np.ndarray) -> np.ndarray:
+    """Mean of each value and the `SMOOTH − 1` before it (fewer at the start)."""
+    return np.array([x[max(0, i + 1 - SMOOTH) : i + 1].mean() for i in range(len(x))])
+
+
 def mean_curve(rs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Train reward (mean final score of the iteration's rollouts), cumulative model evaluations
     and compute seconds per iteration, averaged over seeds; `smoothed`: trailing mean of the reward."""
     n = min(len(r["history"]) for r in rs)
     hist = [r["history"][:n] for r in rs]
     reward = np.mean([[h["train_reward"] for h in h_] for h_ in hist], axis=0)  # [n]
-    smoothed = np.array([reward[max(0, i + 1 - SMOOTH) : i + 1].mean() for i in range(n)])
     return {
         "reward": reward,
-        "smoothed": smoothed,
+        "smoothed": trailing_mean(reward),
         "evals": np.cumsum(np.mean([[h["model_evals"] for h in h_] for h_ in hist], axis=0)),
         "seconds": np.cumsum(np.mean([[h["seconds"] for h in h_] for h_ in hist], axis=0)),
     }
@@ -618,27 +622,56 @@ def report(summary: dict[str, Any], runs: list[dict[str, Any]], name: str) -> No
     (RESULTS / f"{name}.md").write_text("\n".join(markdown))
     configs = [c for c in summary if c not in ("base", "flow_grpo_final_train_reward")]
 
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    fig, axes = plt.subplots(1, 5, figsize=(25, 4))
     for config in configs:
         curve = mean_curve([r for r in runs if r["config"] == config])
         xs = (np.arange(1, len(curve["smoothed"]) + 1), curve["evals"], curve["seconds"])
         for ax, x in zip(axes[:3], xs, strict=True):
             ax.plot(x, curve["smoothed"], label=config)
+        gap = paired_train_gap(runs, config)
+        if gap is not None:
+            axes[3].plot(np.arange(1, len(gap) + 1), gap, label=f"{config} − {flow_reference(config)}")
         tp = summary[config]["turning_points"]
         if tp and tp["per_iteration"] > 0:
             rates = tp["kept_rate_by_step"]
-            axes[3].plot(np.arange(len(rates)), rates, marker="o", label=config)
-    for ax, label in zip(axes, ("iteration", "model evaluations", "compute seconds"), strict=False):
+            axes[4].plot(np.arange(len(rates)), rates, marker="o", label=config)
+    labels = ("iteration", "model evaluations", "compute seconds", "iteration", "trained step j")
+    ylabels = (
+        *[f"train reward (trailing mean of {SMOOTH})"] * 3,
+        "train reward difference, same prompts and noise",
+    )
+    for ax, label, ylabel in zip(axes[:4], labels, ylabels, strict=False):
         ax.set_xlabel(label)
-        ax.set_ylabel(f"train reward (trailing mean of {SMOOTH})")
+        ax.set_ylabel(ylabel)
+    axes[3].axhline(0.0, color="black", lw=0.8)
+    axes[4].set_xlabel("trained step j")
+    axes[4].set_ylabel("kept turning points per transition")
+    for ax in axes:
         ax.grid(alpha=0.3)
-    axes[3].set_xlabel("trained step j")
-    axes[3].set_ylabel("kept turning points per transition")
-    axes[3].grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    axes[3].legend(fontsize=7)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / f"{name}_curves.png", dpi=110)
+
+
+def paired_train_gap(runs: list[dict[str, Any]], config: str) -> np.ndarray | None:
+    """Train reward minus its Flow-GRPO reference's at the same iteration (a run's prompts and initial
+    noise at an iteration depend only on its seed), averaged over seeds, trailing mean of `SMOOTH`."""
+    ref = flow_reference(config)
+    by_key = {(r["config"], r["seed"]): r for r in runs}
+    pairs = [
+        (r, by_key[(ref, r["seed"])]) for r in runs if r["config"] == config and (ref, r["seed"]) in by_key
+    ]
+    if config == ref or not pairs:
+        return None
+    n = min(min(len(a["history"]), len(b["history"])) for a, b in pairs)
+    gap = np.mean(
+        [
+            [a["history"][i]["train_reward"] - b["history"][i]["train_reward"] for i in range(n)]
+            for a, b in pairs
+        ],
+        axis=0,
+    )  # [n]
+    return trailing_mean(gap)
 
 
 if __name__ == "__main__":
