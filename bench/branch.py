@@ -189,8 +189,12 @@ def make_rollouts(policy: Any, cfg: Any, n: int) -> Any:
 
 
 @torch.no_grad()
-def naive(policy: Any, cfg: Any, table: Any) -> tuple[float, int, int]:
-    """One ODE completion per branch point k over all n trajectories (no reuse): seconds, calls, evals."""
+def naive(policy: Any, cfg: Any, table: Any, per_trajectory: bool = False) -> tuple[float, int, int]:
+    """One ODE completion per branch point k over all n trajectories (no reuse): seconds, calls, evals.
+
+    `per_trajectory`: one completion per branch point *and* trajectory (batch 1 with CFG), the
+    approach of a loop over branches.
+    """
     from tpgrpo.algorithm import ode_step
     from tpgrpo.schemas.tensors import decode_tensor_column
 
@@ -200,17 +204,20 @@ def naive(policy: Any, cfg: Any, table: Any) -> tuple[float, int, int]:
     w = int(table.column("window_size")[0].as_py())
     prompts = table.column("prompt").to_pylist()
     cond, uncond = policy.encode(prompts), policy.encode([""] * n)
+    groups = [[i] for i in range(n)] if per_trajectory else [list(range(n))]
     calls = evals = 0
     sync(policy)
     start = time.perf_counter()
-    for k in range(w):
-        x = states[:, k]
-        for g in range(k, t_steps):
-            sig = torch.full((n,), float(sigmas[g]), device=policy.device)  # [n]
-            v = policy.velocity(x, sig, cond, uncond, cfg.sampling.guidance_scale)
-            x = ode_step(x, v, float(sigmas[g]), float(sigmas[g + 1]))
-            calls += 1
-            evals += n
+    for rows in groups:
+        c, u = cond.select(torch.tensor(rows)), uncond.select(torch.tensor(rows))
+        for k in range(w):
+            x = states[rows, k]  # [b, C, h, w]
+            for g in range(k, t_steps):
+                sig = torch.full((len(rows),), float(sigmas[g]), device=policy.device)  # [b]
+                v = policy.velocity(x, sig, c, u, cfg.sampling.guidance_scale)
+                x = ode_step(x, v, float(sigmas[g]), float(sigmas[g + 1]))
+                calls += 1
+                evals += len(rows)
     sync(policy)
     return time.perf_counter() - start, calls, evals
 
@@ -272,46 +279,116 @@ def main() -> None:
             sd35m_random_policy(args.device, dtype, args.layers),
             f"sd35m-random ({args.layers} layers)",
         )
+    print(f"model: {model_name}, {size}px, {dtype} on {args.device}")
+    result_json = measure(
+        policy,
+        config,
+        steps_list=steps_list,
+        ns=ns,
+        repeats=repeats,
+        max_batch=args.max_batch,
+        count_without_reuse=not args.device.startswith("cuda"),
+    )
+    result_json.update(
+        model=model_name,
+        device=args.device,
+        device_name=torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_model(),
+        dtype=dtype,
+        resolution=size,
+        quick=args.quick,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result_json, indent=1))
+    print(
+        f"T={result_json['key_row']['T']}, n={result_json['key_row']['n']}: floor_ratio "
+        f"{result_json['floor_ratio']:.2f}, naive_speedup {result_json['naive_speedup']:.2f} -> {out}"
+    )
+
+
+def measure(
+    policy: Any,
+    config: Any,
+    *,
+    steps_list: list[int],
+    ns: list[int],
+    repeats: int,
+    max_batch: int,
+    count_without_reuse: bool = True,
+    repeats_by_n: dict[int, int] | None = None,
+    per_branch: tuple[int, ...] = (),
+    deadline: float | None = None,
+    sink: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The throughput sweep and the stage / floor / naive table on `policy` (see the module doc).
+
+    Args:
+        config (`Callable[..., Config]`): `config(T, **branch_section)`, the run's config at `T` steps.
+        count_without_reuse (`bool`): run the stage once more without the reused first steps, only to
+            count its evaluations (on a GPU that costs a full stage run: then the count is derived,
+            `n·W` more than with reuse, which the CPU runs check).
+        repeats_by_n (`dict[int, int]`, *optional*): fewer timed repeats for the large batches.
+        per_branch (`tuple[int, ...]`): the `n` values at which one completion per branch point
+            and trajectory (batch 1 with CFG) is timed as well.
+        deadline (`float`, *optional*): a `time.perf_counter()` value after which no new row starts
+            (a short GPU lease); the rows left out are listed under `skipped`.
+        sink (`dict`, *optional*): receives the sweep and each row as soon as it is measured (the
+            caller keeps what was measured if a later row fails or time runs out).
+    """
     from tpgrpo.stages.branch import complete_branches
 
-    shape = policy.latent_shape(size, size)
+    cfg10 = config(10)
+    shape = policy.latent_shape(cfg10.model.height, cfg10.model.width)
     cond, uncond = policy.encode(["a photo of a red circle"]), policy.encode([""])
-    candidates = [b for b in CANDIDATES if b <= args.max_batch]
+    candidates = [b for b in CANDIDATES if b <= max_batch]
     rates = {
         b: max(measure_throughput(policy, b, shape, cond, uncond, 4.5, repeats=3) for _ in range(repeats))
         for b in candidates
     }
     best = max(rates, key=lambda b: rates[b])
-    print(
-        f"model: {model_name}, {size}px, {dtype} on {args.device}; "
-        f"velocity evaluations/s by batch (CFG, best of {repeats}):"
-    )
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, int]] = []
+    if sink is not None:
+        sink.update(throughput_by_batch={str(b): r for b, r in rates.items()}, best_batch=best, rows=rows)
+    print(f"velocity evaluations/s by batch (CFG, best of {repeats}):")
     print("  " + "  ".join(f"{b}:{rates[b]:.1f}" for b in candidates) + f"  -> best batch {best}")
 
-    rows = []
     for t_steps in steps_list:
         cfg = config(t_steps)
         for n in ns:
+            if deadline is not None and time.perf_counter() > deadline:
+                skipped.append({"T": t_steps, "n": n})
+                continue
+            reps = (repeats_by_n or {}).get(n, repeats)
             table = make_rollouts(policy, cfg, n)
+            w = int(table.column("window_size")[0].as_py())
             secs, result = best_of(
-                functools.partial(_timed, policy, complete_branches, policy, cfg, table, chunk=best), repeats
+                functools.partial(_timed, policy, complete_branches, policy, cfg, table, chunk=best), reps
             )
-            no_reuse = complete_branches(
-                policy, config(t_steps, reuse_rollout_velocity=False), table, chunk=best
-            )
-            nv_secs, nv_calls, nv_evals = best_of(functools.partial(naive, policy, cfg, table), repeats)
-            decode_s, _ = _timed(policy, policy.decode, result.latents)
+            if count_without_reuse:
+                no_reuse = complete_branches(
+                    policy, config(t_steps, reuse_rollout_velocity=False), table, chunk=best
+                ).model_evals
+                if no_reuse != result.model_evals + n * w:
+                    raise AssertionError(
+                        f"evaluations without reuse {no_reuse} != {result.model_evals} + n·W"
+                    )
+            else:
+                no_reuse = result.model_evals + n * w  # one reused first step per branch start
+            nv_secs, nv_calls, nv_evals = best_of(functools.partial(naive, policy, cfg, table), reps)
+            decode_s, _ = _timed(policy, decode_all, policy, result.latents, cfg.model.eval_batch)
             floor_s = result.model_evals / rates[best]
             row = {
                 "T": t_steps,
                 "n": n,
+                "W": w,
                 "chunk": best,
+                "repeats": reps,
                 "stage_s": secs,
                 "stage_calls": result.model_calls,
                 "stage_evals": result.model_evals,
                 "stage_calls_per_s": result.model_calls / secs,
                 "plain_forward_calls_per_s": rates[best] / best,  # batched forwards of the chunk size
-                "evals_without_reuse": no_reuse.model_evals,
+                "evals_without_reuse": no_reuse,
                 "evals_per_trajectory": result.model_evals / n,
                 "floor_s": floor_s,
                 "floor_ratio": floor_s / secs,
@@ -323,37 +400,36 @@ def main() -> None:
                 "images_per_s": len(result.latent_row) / (secs + decode_s),
                 "naive_images_per_s": len(result.latent_row) / (nv_secs + decode_s),
             }
+            if n in per_branch:
+                pb_secs, pb_calls, _ = naive(policy, cfg, table, per_trajectory=True)
+                row.update(per_branch_s=pb_secs, per_branch_calls=pb_calls, per_branch_speedup=pb_secs / secs)
             rows.append(row)
+            extra = f" | per-branch {row['per_branch_s']:6.2f}s" if "per_branch_s" in row else ""
             print(
                 f"T={t_steps:>2} n={n:>2}: stage {secs:6.2f}s {result.model_calls:>4} calls "
                 f"{result.model_evals:>5} evals ({row['evals_per_trajectory']:.0f}/traj, "
-                f"{no_reuse.model_evals // n} without reuse) | floor {floor_s:6.2f}s "
+                f"{no_reuse // n} without reuse) | floor {floor_s:6.2f}s "
                 f"ratio {row['floor_ratio']:.2f} | naive {nv_secs:6.2f}s {nv_calls:>4} calls "
-                f"-> x{row['naive_speedup']:.2f} | decode {decode_s:.2f}s"
+                f"-> x{row['naive_speedup']:.2f}{extra} | decode {decode_s:.2f}s",
+                flush=True,
             )
     key = next((r for r in rows if r["T"] == 10 and r["n"] == 8), rows[0])
-    result_json = {
+    return {
         "floor_ratio": key["floor_ratio"],
         "naive_speedup": key["naive_speedup"],
         "key_row": {"T": key["T"], "n": key["n"]},
-        "device": args.device,
-        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_model(),
-        "dtype": dtype,
-        "resolution": size,
-        "model": model_name,
-        "quick": args.quick,
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
         "throughput_by_batch": {str(b): r for b, r in rates.items()},
         "best_batch": best,
         "rows": rows,
+        "skipped": skipped,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result_json, indent=1))
-    print(
-        f"T={key['T']}, n={key['n']}: floor_ratio {key['floor_ratio']:.2f}, "
-        f"naive_speedup {key['naive_speedup']:.2f} -> {out}"
-    )
+
+
+def decode_all(policy: Any, latents: torch.Tensor, batch: int) -> list[Any]:
+    """Decode `latents` on the policy's device in batches of `batch`, as the branch stage does."""
+    return [policy.decode(latents[i : i + batch].to(policy.device)) for i in range(0, len(latents), batch)]
 
 
 def _timed(policy: Any, fn: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:

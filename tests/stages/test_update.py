@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 
 from tpgrpo.algorithm import MODES
@@ -116,3 +117,32 @@ def test_run_counts_the_transformer_samples(make_cfg: Any, policy: Any, tmp_path
     assert stats["model_evals"] == 2 * n * w  # the policy's and the KL reference's velocity
     cfg_factor = 2 if cfg.sampling.guidance_scale > 1.0 else 1  # SD3's CFG batch [uncond; cond]
     assert stats["forward_samples"] == cfg_factor * stats["model_evals"] == sum(seen)
+
+
+def test_gradient_checkpointing_gives_the_same_step(make_cfg: Any, policy: Any, tmp_path: Path) -> None:
+    """`update.gradient_checkpointing` recomputes activations: same rows and weights, less memory."""
+    from tpgrpo.models.lora import lora_parameters, lora_state_dict
+
+    cfg = make_cfg(update__optimizer_steps=1, sampling__num_steps=4)
+    roll = _run(cfg, policy, tmp_path, "roll")
+    n, w = roll.num_rows, cfg.sampling.window[1]
+    adv = np.where(np.arange(n)[:, None] % 2 == 0, 1.0, -1.0) * np.ones((1, w))
+    data = update.load_update_data(str(tmp_path / "roll"), _annotations(roll, tmp_path, adv))
+    start = {k: v.clone() for k, v in lora_state_dict(policy.transformer).items()}
+    results = []
+    for checkpointing in (False, True):
+        for k, p in lora_parameters(policy.transformer).items():
+            p.data.copy_(start[k])
+        optimizer, ema, state = initial_state(cfg, policy)
+        c = cfg.model_copy(
+            update={"update": cfg.update.model_copy(update={"gradient_checkpointing": checkpointing})}
+        )
+        rows = update.train_iteration(policy, c, data, optimizer, ema, state, iteration=0)
+        assert policy.transformer.is_gradient_checkpointing is checkpointing
+        results.append((rows, lora_state_dict(policy.transformer)))
+    (rows_off, weights_off), (rows_on, weights_on) = results
+    assert rows_on[0]["grad_norm"] == pytest.approx(rows_off[0]["grad_norm"], rel=1e-5)
+    assert rows_on[0]["grad_norm"] > 0
+    for k in weights_off:
+        torch.testing.assert_close(weights_on[k], weights_off[k], rtol=1e-5, atol=1e-7)
+    assert any(not torch.equal(weights_off[k], start[k]) for k in start)  # the step moved the adapter

@@ -19,12 +19,15 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> np.ndarray:
 
     Args:
         vae (`AutoencoderKL`): the pipeline's VAE.
-        latents (`torch.Tensor`): `[B, C, h, w]` scaled latents (any float dtype).
+        latents (`torch.Tensor`): `[B, C, h, w]` scaled latents (any float dtype, on any device:
+            they are moved to the VAE's).
 
     Returns:
         `np.ndarray`: `[B, H, W, 3]` uint8 images.
     """
-    z = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor  # [B, C, h, w]
+    z = (
+        latents.to(vae.device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    )  # [B, C, h, w]
     images = vae.decode(z, return_dict=False)[0].float()  # [B, 3, H, W] in [-1, 1]
     images = ((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     return images.permute(0, 2, 3, 1).cpu().numpy()  # [B, H, W, 3]

@@ -36,6 +36,7 @@ SPEED_ONLY: tuple[tuple[str, str], ...] = (
     ("rollout", "shards"),
     ("branch", "chunk_size"),
     ("update", "ddp_procs"),
+    ("update", "gradient_checkpointing"),
 )
 
 

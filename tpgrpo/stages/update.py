@@ -261,6 +261,18 @@ def transition_loss(
     return grpo_loss(out.log_prob, old, adv, clip_range=cfg.update.clip_range, kl=kl, beta=cfg.update.kl_beta)
 
 
+def set_gradient_checkpointing(transformer: Any, enabled: bool) -> None:
+    """Turn the diffusers transformer's activation recomputation on or off (`update.gradient_checkpointing`).
+
+    It only acts in training mode with gradients on, so sampling and the no-grad KL reference are
+    unaffected; the gradients are the same, the backward pass recomputes each block's forward.
+    """
+    if enabled:
+        transformer.enable_gradient_checkpointing()
+    elif getattr(transformer, "is_gradient_checkpointing", False):
+        transformer.disable_gradient_checkpointing()
+
+
 def train_iteration(
     policy: Any,
     cfg: Config,
@@ -291,6 +303,7 @@ def train_iteration(
     parts = cfg.update.optimizer_steps
     total = cfg.update.epochs * parts
     bar = progress_bar(total=total, desc=f"update it{iteration}", unit="step")
+    set_gradient_checkpointing(policy.transformer, cfg.update.gradient_checkpointing)
     policy.transformer.train()
     try:
         for epoch in range(cfg.update.epochs):
