@@ -60,7 +60,7 @@ def _log_probs(policy: Any, cfg: Any, data: update.UpdateData) -> torch.Tensor:
 def test_first_pass_ratio_one_and_direction(make_cfg: Any, policy: Any, tmp_path: Path) -> None:
     cfg = make_cfg(update__lr=1e-4, update__optimizer_steps=1, update__clip_range=10.0, sampling__num_steps=4)
     roll = _run(cfg, policy, tmp_path, "roll")
-    n, w = roll.num_rows, cfg.sampling.window[1]
+    n, w = roll.num_rows, roll.column("window_size")[0].as_py()
     # +1 for the first half of the trajectories, -1 for the rest
     adv = np.where(np.arange(n)[:, None] < n // 2, 1.0, -1.0) * np.ones((1, w))
     data = update.load_update_data(str(tmp_path / "roll"), _annotations(roll, tmp_path, adv))
@@ -82,7 +82,7 @@ def test_first_pass_ratio_one_and_direction(make_cfg: Any, policy: Any, tmp_path
 def test_zero_advantages_skip_the_update(make_cfg: Any, policy: Any, tmp_path: Path) -> None:
     cfg = make_cfg(sampling__num_steps=4)
     roll = _run(cfg, policy, tmp_path, "roll")
-    adv = np.zeros((roll.num_rows, cfg.sampling.window[1]))
+    adv = np.zeros((roll.num_rows, roll.column("window_size")[0].as_py()))
     data = update.load_update_data(str(tmp_path / "roll"), _annotations(roll, tmp_path, adv))
     optimizer, ema, state = initial_state(cfg, policy)
     assert update.train_iteration(policy, cfg, data, optimizer, ema, state, iteration=0) == []
@@ -92,7 +92,7 @@ def test_zero_advantages_skip_the_update(make_cfg: Any, policy: Any, tmp_path: P
 def test_run_counts_the_transformer_samples(make_cfg: Any, policy: Any, tmp_path: Path) -> None:
     cfg = make_cfg(update__optimizer_steps=1, update__kl_beta=0.01, sampling__num_steps=4)
     roll = _run(cfg, policy, tmp_path, "roll")
-    n, w = roll.num_rows, cfg.sampling.window[1]
+    n, w = roll.num_rows, roll.column("window_size")[0].as_py()
     adv = np.where(np.arange(n)[:, None] < n // 2, 1.0, -1.0) * np.ones((1, w))
     ann = _annotations(roll, tmp_path, adv)
     optimizer, ema, state = initial_state(cfg, policy)

@@ -21,9 +21,11 @@ from tpgrpo.report.plots import Series, reward_curves, turning_point_plots
 from tpgrpo.report.runs import (
     RunInfo,
     checkpoint_or_none,
+    format_windows,
     manifest_or_none,
     parse_time,
     run_info,
+    run_windows,
     stage_reached,
 )
 from tpgrpo.report.stats import TurningPointStats, format_turning_points, read_turning_point_stats
@@ -208,7 +210,7 @@ def build_report(
     sections: list[str] = []
 
     # --- summary
-    w0, w = cfg.sampling.window
+    window = format_windows(run_windows(ctx), cfg)
     groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
     summary_rows = [
         ["status", f"{info.status}, {info.iterations_done}/{cfg.iterations} iterations done"],
@@ -219,7 +221,7 @@ def build_report(
         ],
         [
             "sampling",
-            f"T={cfg.sampling.num_steps}, window [{w0}, {w0 + w}), {cfg.sampling.sampler}, "
+            f"T={cfg.sampling.num_steps}, window {window}, {cfg.sampling.sampler}, "
             f"cfg {cfg.sampling.guidance_scale}",
         ],
         [
