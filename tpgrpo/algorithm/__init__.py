@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tpgrpo.algorithm.advantages import STD_SCOPES, advantages, zero_advantage_mask
+from tpgrpo.algorithm.advantages import STD_SCOPES, advantages, zero_advantage_mask, zero_std_groups
 from tpgrpo.algorithm.annotation import (
     MODES,
     Annotation,
@@ -59,4 +59,5 @@ __all__ = [
     "transition_log_prob",
     "window_problems",
     "zero_advantage_mask",
+    "zero_std_groups",
 ]

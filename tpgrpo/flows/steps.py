@@ -19,6 +19,7 @@ from typing import Any
 from tpgrpo.algorithm import AnnotationConfig
 from tpgrpo.config import Config, ModelConfig
 from tpgrpo.errors import ConfigError, DataError, UserError
+from tpgrpo.schemas.updates import BY_STEP
 from tpgrpo.stages import annotate, branch, rollout, score, update
 from tpgrpo.stages.checkpoints import initial_state, load_adapter, load_checkpoint, write_checkpoint
 from tpgrpo.stages.common import (
@@ -404,6 +405,7 @@ UPDATE_COLUMNS = (
     "lr",
     "epoch",
     "samples",
+    *BY_STEP,
 )
 
 

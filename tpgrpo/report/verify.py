@@ -271,7 +271,10 @@ class _Verifier:
         from tpgrpo.report.runs import rollout_window
 
         if self._hashes.get(rollouts) is not None:
-            window = rollout_window(rollouts, self.ctx.storage_options)
+            try:
+                window = rollout_window(rollouts, self.ctx.storage_options)
+            except DataError:  # already a fault of the rollouts (e.g. an edited manifest)
+                window = None
             if window is not None:
                 return window[1]
         return self.ctx.cfg.sampling.window_size
