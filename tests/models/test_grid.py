@@ -78,7 +78,7 @@ def test_directory_grid_equals_the_loaded_policy(
 
 
 def test_directory_grid_refuses_unreadable_configs(model_dirs: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="scheduler_config.json"):
+    with pytest.raises(ValueError, match=r"scheduler_config\.json"):
         directory_grid(str(tmp_path), "sd3", 10, 64, 64)
     with pytest.raises(ValueError, match="multiples"):
         directory_grid(str(model_dirs["sd3"]), "sd3", 10, 30, 64)
