@@ -182,12 +182,17 @@ def learning_plots(iterations: Sequence[IterationHealth], path: str, title: str)
         ax.set_ylabel(ylabel)
         ax.set_title(name)
         ax.grid(alpha=0.3)
-        _integer_ticks(ax)
+        if its:
+            ax.set_xlim(min(its) - 0.5, max(its) + 0.5)
+        if 0 < len(its) <= 12:
+            ax.set_xticks(its)  # few iterations: each its own tick (the locator would add fractions)
+        else:
+            _integer_ticks(ax)
         if log and ax.lines:
             ax.set_yscale("log")
     zero = [it.zero_std_groups if it.zero_std_groups is not None else np.nan for it in iterations]
     if not all(np.isnan(zero)):
-        axes[1][1].plot(its, zero, "k--", label="groups with zero std")
+        axes[1][1].plot(its, zero, "ks--", markersize=4, label="groups with zero std")
     for ax in (axes[0][0], axes[1][1]):
         ax.set_ylim(-0.03, 1.03)
         if ax.lines:
