@@ -13,8 +13,8 @@ Per-step diagnostics: a part's transitions are processed step by step (`j = 0 â€
 transitions in micro-batches of that step only), and the gradient accumulated over step `j` is
 taken out and kept apart (`StepGradients`): exactly the gradient of step `j`'s part of the loss,
 whose norm (before clipping) is `grad_norm_by_step[j]` of the `updates` row; the optimizer step
-uses their sum. Beside it: the clip fraction, mean
-|advantage| and share of non-zero advantages of each step's transitions.
+uses their sum. Beside it: the clip fraction, mean |advantage| and share of non-zero advantages of
+each step's transitions.
 
 Data-parallel (`DataParallel`, under torchrun): every rank holds the same data, weights and
 optimizer; each takes a contiguous slice of every trained step's transitions of the optimizer step,
