@@ -210,12 +210,13 @@ def _wrap(record: dict[str, Any], name: str, device: str, fn: Callable[..., Any]
 def measured_chunks(cfg: Any, policy: Any) -> dict[str, int]:
     """The rollout and branch stages' best batches for this config (cached for the flow's stages)."""
     from tpgrpo.stages.batching import best_batch
+    from tpgrpo.stages.common import make_grid
 
     n = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration * cfg.rollout.group_size
     shape = policy.latent_shape(cfg.model.height, cfg.model.width)
     cond, uncond = policy.encode([PROMPTS[0]]), policy.encode([""])
     g, configured = cfg.sampling.guidance_scale, cfg.branch.chunk_size
-    branches = n * cfg.sampling.window[1]  # completions started in the window
+    branches = n * make_grid(cfg, policy).window.size  # completions started in the window
     return {
         "rollout_chunk": best_batch(policy, shape, cond, uncond, g, configured, limit=n),
         "branch_chunk": best_batch(policy, shape, cond, uncond, g, configured, limit=branches),
@@ -229,6 +230,7 @@ def part_iteration(args: argparse.Namespace, model_dir: Path, work: Path, out: d
     """
     from tpgrpo.flows import steps
     from tpgrpo.flows.train import train
+    from tpgrpo.stages.common import make_grid
     from tpgrpo.storage import read_manifest, read_table
 
     cfg = iteration_config(args, model_dir, work)
@@ -270,6 +272,7 @@ def part_iteration(args: argparse.Namespace, model_dir: Path, work: Path, out: d
             rows=m.rows, model_evals=m.model_evals, compute_s=m.timings.get("compute_s"), metrics=m.metrics
         )
     updates = read_table(layout.updates(0), "updates").to_pylist()
+    grid = make_grid(cfg, ctx.policy())
     n = len(PROMPTS) * args.group_size
     scale = REFERENCE_TRAJECTORIES / n
     model_s = sum(stages[s]["seconds"] for s in ("rollout", "branch", "score", "update"))
@@ -279,7 +282,7 @@ def part_iteration(args: argparse.Namespace, model_dir: Path, work: Path, out: d
             "prompts": len(PROMPTS),
             "group_size": args.group_size,
             "num_steps": cfg.sampling.num_steps,
-            "window": list(cfg.sampling.window),
+            "window": [grid.window.start, grid.window.size],
             "resolution": args.resolution,
             "dtype": args.dtype,
             "lora_rank": cfg.update.lora_rank,

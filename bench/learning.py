@@ -34,7 +34,7 @@ import json
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,19 @@ def run_dir(root: Path, name: str) -> Path:
     return root / name
 
 
+def create_run(root: Path, config: str, seed: int, extra: list[str]) -> Any:
+    """Create the tpgrpo run of one configuration and seed (run.json, prompts, checkpoint 0), or find
+    it: idempotent. Returns its `RunContext`."""
+    from tpgrpo.config import load_config
+    from tpgrpo.flows import steps
+
+    sets = [*COMMON, *CONFIGS[config], f"seed={seed}", f"storage.root={root}", "iterations=1000", *extra]
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", sets)
+    ctx = steps.RunContext.create(cfg, f"{config}-s{seed}", str(root))
+    steps.init_run(ctx)
+    return ctx
+
+
 def train_run(
     root: Path, config: str, seed: int, budget_s: float, extra: list[str], log: Any
 ) -> dict[str, Any]:
@@ -76,15 +89,11 @@ def train_run(
     budget left exceeds half the last iteration's cost, so every run ends within half an iteration
     of the budget, whatever its cost per iteration.
     """
-    from tpgrpo.config import load_config
     from tpgrpo.flows import steps
     from tpgrpo.storage import read_manifest
 
-    sets = [*COMMON, *CONFIGS[config], f"seed={seed}", f"storage.root={root}", "iterations=1000", *extra]
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", sets)
-    run_id = f"{config}-s{seed}"
-    ctx = steps.RunContext.create(cfg, run_id, str(root))
-    steps.init_run(ctx)
+    ctx = create_run(root, config, seed, extra)
+    cfg, run_id = ctx.cfg, ctx.layout.run_id
     progress_file = run_dir(root, run_id) / "bench.json"
     history: list[dict[str, Any]] = json.loads(progress_file.read_text()) if progress_file.is_file() else []
     spent = sum(h["seconds"] for h in history)
@@ -255,6 +264,30 @@ def train_and_evaluate(
     return r
 
 
+def submit_jobs(
+    pool: Executor,
+    root: Path,
+    jobs: list[tuple[str, int]],
+    budget: float,
+    extra: list[str],
+    replicates: int,
+    steps: int,
+) -> tuple[Future[dict[str, Any]], list[Future[dict[str, Any]]]]:
+    """Submit the base evaluation and every run's training and evaluation to `pool`.
+
+    The base evaluation reads checkpoint 0 of the first job's run, so that run is created first (in
+    the pool, waited for): on a fresh `--root` the evaluation would otherwise start before any run
+    exists and fail with "unknown run" (found only at the end, when its result is read).
+
+    Returns:
+        the base evaluation's future and one future per job, in `jobs` order.
+    """
+    pool.submit(create_run, root, *jobs[0], extra).result()
+    base = pool.submit(evaluate_run, root, f"{jobs[0][0]}-s{jobs[0][1]}", 0, replicates, steps)
+    runs = [pool.submit(train_and_evaluate, root, c, s, budget, extra, replicates, steps) for c, s in jobs]
+    return base, runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -288,6 +321,7 @@ def main() -> None:
         print(f"{len(runs)} of {len(jobs)} runs finished; missing: {', '.join(missing) or 'none'}")
         if not runs:
             raise SystemExit(f"no finished run under {root}")
+        create_run(root, *jobs[0], extra)  # checkpoint 0 of the base run, if it never started
         base = evaluate_run(root, base_run, 0, replicates, args.eval_steps)
     else:
         missing = []
@@ -295,11 +329,7 @@ def main() -> None:
         with ProcessPoolExecutor(
             args.workers, mp_context=context, initializer=_one_thread, max_tasks_per_child=1
         ) as pool:
-            base_future = pool.submit(evaluate_run, root, base_run, 0, replicates, args.eval_steps)
-            futures = [
-                pool.submit(train_and_evaluate, root, c, s, budget, extra, replicates, args.eval_steps)
-                for c, s in jobs
-            ]
+            base_future, futures = submit_jobs(pool, root, jobs, budget, extra, replicates, args.eval_steps)
             runs = [f.result() for f in futures]
             base = base_future.result()
     evaluate_at_partner_iterations(root, runs, replicates, args.eval_steps)

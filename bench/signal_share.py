@@ -87,6 +87,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from tpgrpo.config import load_config
     from tpgrpo.flows.steps import RunContext
+    from tpgrpo.stages.common import make_grid
 
     sets = [f"rollout.group_size={args.group_size}"] if args.group_size else []
     cfg = load_config(ROOT / "configs" / "tiny.yaml", sets)
@@ -97,7 +98,7 @@ def main() -> None:
     result = {
         "group_size": cfg.rollout.group_size,
         "sampler": cfg.sampling.sampler,
-        "window": list(cfg.sampling.window),
+        "window": [make_grid(cfg, policy).window.start, make_grid(cfg, policy).window.size],
         "seconds": time.perf_counter() - started,
         "splits": splits,
     }

@@ -1,12 +1,17 @@
 """Every file in configs/ validates, and the reference configs carry SPEC.md §6's hyper-parameters.
 
 No model is loaded: `load_config` checks keys, types and the cross-field arithmetic; reward specs
-are checked against their factory's signature (as `make_reward` does before building anything).
+are checked against their factory's signature (as `make_reward` does before building anything);
+the SDE window is checked against SPEC §2's floor on each config's model grid, built from the
+model's JSON configs (the embedded checkpoint's, or the public configs of SD3.5-Medium and
+FLUX.1-dev written into a stand-in pipeline directory), and must be what the file's comment says.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,7 @@ import yaml
 
 from tpgrpo.config import EMBEDDED_MODEL, Config, load_config
 from tpgrpo.rewards import REWARDS, resolve
+from tpgrpo.stages.common import config_grid, run_window, window_check
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FILES = sorted(CONFIGS.glob("*.yaml"))
@@ -62,9 +68,9 @@ def test_reference_configs_list_every_key_of_tiny(name: str) -> None:
 def test_spec_section_6_values(name: str) -> None:
     cfg = load_config(CONFIGS / f"{name}.yaml")
     s, r, u = cfg.sampling, cfg.rollout, cfg.update
-    # T = 10 train / 40 eval; cps with a = 0.7; the default window [0, T − 1)
+    # T = 10 train / 40 eval; cps with a = 0.7; SPEC §2's default window (see test_window_on_the_grid)
     assert (s.num_steps, s.eval_steps, s.sampler, s.noise_level) == (10, 40, "cps", 0.7)
-    assert s.window == (0, 9)
+    assert (s.window_start, s.window_size) == (0, None)
     # G = 24, 48 prompts per iteration
     assert r.group_size == 24
     assert r.prompts_per_batch * r.batches_per_iteration == 48
@@ -115,3 +121,74 @@ def test_reward_specs_bind_to_their_factories(name: str) -> None:
 def test_tiny_is_still_the_cpu_default() -> None:
     cfg = load_config(CONFIGS / "tiny.yaml")
     assert (cfg.model.path, cfg.model.device, cfg.reward.spec) == (EMBEDDED_MODEL, "cpu", "shapes")
+
+
+# The public scheduler / VAE / transformer configs that decide the grid (Hugging Face model repos
+# stabilityai/stable-diffusion-3.5-medium and black-forest-labs/FLUX.1-dev): SD3.5-M has a static
+# shift of 3; FLUX.1-dev shifts dynamically by the image sequence length. Both VAEs have 4 levels
+# (factor 8).
+PUBLIC_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
+    "sd3": {
+        "model_index.json": {"_class_name": "StableDiffusion3Pipeline"},
+        "scheduler/scheduler_config.json": {
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "num_train_timesteps": 1000,
+            "shift": 3.0,
+        },
+        "vae/config.json": {"block_out_channels": [128, 256, 512, 512]},
+        "transformer/config.json": {"patch_size": 2},
+    },
+    "flux": {
+        "model_index.json": {"_class_name": "FluxPipeline"},
+        "scheduler/scheduler_config.json": {
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "base_image_seq_len": 256,
+            "base_shift": 0.5,
+            "max_image_seq_len": 4096,
+            "max_shift": 1.15,
+            "num_train_timesteps": 1000,
+            "shift": 3.0,
+            "use_dynamic_shifting": True,
+        },
+        "vae/config.json": {"block_out_channels": [128, 256, 512, 512]},
+        "transformer/config.json": {"patch_size": 1},
+    },
+}
+
+
+def _stand_in(family: str, root: Path) -> Path:
+    """A pipeline directory holding only the configs that decide `family`'s grid."""
+    for name, data in PUBLIC_CONFIGS[family].items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(json.dumps(data))
+    return root
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_window_on_the_grid(path: Path, tmp_path: Path) -> None:
+    """Every shipped config's window passes SPEC §2's floor on its model's grid, and its comment
+    (`window_size: null  # SPEC §2 floor: W = N …`) states the W the rule gives there."""
+    cfg = load_config(path)
+    if cfg.model.path != EMBEDDED_MODEL:
+        cfg = load_config(path, [f"model.path={_stand_in(cfg.model.family, tmp_path)}"])
+    assert window_check(cfg) == []
+    sigmas = config_grid(cfg)
+    assert sigmas is not None
+    window = run_window(cfg, sigmas)
+    comment = re.search(r"window_size: null +# SPEC §2 floor: W = (\d+)", path.read_text())
+    assert comment is not None, "the window_size comment must state the default W"
+    assert window.size == int(comment.group(1))
+    # SD3 / SD3.5-M (shift 3, T = 10): 8 steps, step 8 (σ .278 → .0089) has std .008; FLUX.1-dev at
+    # 512 px: σ_9 = .1726, so step 8 has std .154 and the window is every step but the last, 9
+    assert (window.start, window.size) == (0, 8 if cfg.model.family == "sd3" else 9)
+
+
+def test_explicit_window_under_the_floor_is_a_config_error(tmp_path: Path) -> None:
+    """An explicit window with a near-deterministic step fails validation, naming step, std and fix."""
+    cfg = load_config(CONFIGS / "sd35m_geneval.yaml", [f"model.path={_stand_in('sd3', tmp_path)}"])
+    ok = load_config(CONFIGS / "sd35m_geneval.yaml", [f"model.path={tmp_path}", "sampling.window_size=8"])
+    assert window_check(ok) == []
+    bad = load_config(CONFIGS / "sd35m_geneval.yaml", [f"model.path={tmp_path}", "sampling.window_size=9"])
+    (problem,) = window_check(bad)
+    assert "step 8" in problem and "std 0.0080" in problem and "window_size to null" in problem
+    assert window_check(cfg) == []

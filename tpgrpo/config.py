@@ -48,14 +48,15 @@ class SamplingConfig(_Strict):
     eval_steps: int = Field(40, ge=1, description="ODE steps of evaluation")
     guidance_scale: float = Field(4.5, ge=0.0)
     sampler: Literal["sde", "cps"] = "cps"
-    noise_level: float = Field(0.7, gt=0.0, le=1.0, description="a of SPEC §2")
-    window_start: int = Field(0, ge=0)
-    window_size: int | None = Field(None, ge=1, description="W; default T-1")
+    noise_level: float = Field(0.7, ge=0.0, le=1.0, description="a of SPEC §2")
+    window_start: int = Field(0, ge=0, description="w0, the first trained grid step")
+    window_size: int | None = Field(
+        None,
+        ge=1,
+        description="W; null: the longest window from w0 whose every step std is at least the floor of "
+        "SPEC §2 (0.05), on the model's actual grid (W = 8 on SD3's shift-3 grid at T = 10, cps a = 0.7)",
+    )
     exact_cps_logprob: bool = True
-
-    @property
-    def window(self) -> tuple[int, int]:
-        return self.window_start, self.window_size if self.window_size is not None else self.num_steps - 1
 
 
 class RolloutConfig(_Strict):
@@ -160,11 +161,21 @@ class Config(_Strict):
     def problems(self) -> list[str]:
         """Cross-field checks pydantic cannot express per field (batch arithmetic, the window)."""
         out: list[str] = []
-        w0, w = self.sampling.window
+        w0, w = self.sampling.window_start, self.sampling.window_size
         t = self.sampling.num_steps
-        if w0 + w > t:
+        if self.sampling.noise_level == 0:
+            out.append(
+                "sampling.noise_level=0 makes every step deterministic (an ODE step): there is no "
+                "log-prob to train; set it > 0 (0.7 in the reference runs)"
+            )
+        if w is None and w0 > t - 2:
+            out.append(
+                f"sampling.window_start={w0} leaves no trainable step (the last step {t - 1} is never "
+                f"trained); use window_start ≤ {t - 2}"
+            )
+        if w is not None and w0 + w > t:
             out.append(f"sampling: window [{w0}, {w0 + w}) runs past the {t} steps of the grid")
-        if self.sampling.sampler == "cps" and w0 + w > t - 1:
+        if w is not None and self.sampling.sampler == "cps" and w0 + w > t - 1:
             out.append(
                 "sampling: the cps sampler has zero noise at the last step; keep window_start + "
                 f"window_size ≤ num_steps − 1 = {t - 1}"

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tpgrpo.algorithm import AnnotationConfig, advantages, annotate, zero_advantage_mask
+from tpgrpo.algorithm import AnnotationConfig, advantages, annotate, zero_advantage_mask, zero_std_groups
 
 EPS = 1e-4
 
@@ -126,3 +126,25 @@ def test_zero_advantage_mask_bad_input() -> None:
         zero_advantage_mask(np.array([[0.0, np.nan]]))
     with pytest.raises(ValueError, match=r"shape \[N, W\]"):
         zero_advantage_mask(np.zeros(3))
+
+
+def test_zero_std_groups() -> None:
+    # group 0: every step equal within the group (no signal); group 1: step 1 differs; group 2 (ids
+    # need not be contiguous): equal at step 0 only, so it has signal
+    rewards = np.array(
+        [
+            [0.5, 0.2],
+            [0.5, 0.2],
+            [0.1, 0.3],
+            [0.1, 0.4],
+            [0.7, 0.0],
+            [0.7, 1.0],
+        ]
+    )
+    groups = np.array([0, 0, 1, 1, 5, 5])
+    assert zero_std_groups(rewards, groups).tolist() == [True, False, False]
+    # and exactly these groups get all-zero advantages
+    adv = advantages(rewards, groups)
+    assert zero_advantage_mask(adv).tolist() == [True, True, False, False, False, False]
+    with pytest.raises(ValueError, match="group_id"):
+        zero_std_groups(rewards, groups[:3])

@@ -119,3 +119,31 @@ def test_serve_reward_answers_health_and_score() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_config_validate_shows_the_window_on_the_model_grid() -> None:
+    out = runner.invoke(app, ["config", "validate", CONFIG])
+    assert out.exit_code == 0, out.output
+    # the embedded checkpoint's shift-3 grid at T = 10, cps a = 0.7 (SPEC §2)
+    assert "window [0, 8) (default: SPEC §2 floor 0.05, step 8 has std 0.0080)" in out.output
+
+
+def test_window_under_the_floor_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """`config validate` and `train` both refuse an explicit window holding step 8 (std 0.008), with
+    the step, its std and the fix; `train` writes nothing."""
+    for command in (["config", "validate", CONFIG], ["train", CONFIG, "--root", str(tmp_path / "runs")]):
+        proc = _main(*command, "--set", "sampling.window_size=9", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert "step 8 (σ 0.2780 → 0.0089, cps step std 0.0080)" in proc.stderr
+        assert "set sampling.window_size to null (the default window, W = 8 here)" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_audit_help_lists_health() -> None:
+    out = runner.invoke(app, ["audit", "--help"])
+    assert out.exit_code == 0
+    for command in ("trajectory", "turning-points", "verify", "health"):
+        assert command in out.output
+    out = runner.invoke(app, ["audit", "health", "--help"])
+    assert out.exit_code == 0 and "--strict" in out.output and "squared gradient" in out.output

@@ -4,8 +4,9 @@ Equal up to float summation order, to these tolerances (the rest exact):
 
 - adapter, EMA and optimizer tensors: `|a − b| ≤ 2e-5 + 1e-4·|b|` (lr 1e-3, four optimizer steps;
   measured |Δ| ≤ 4e-6 on weights up to 0.5);
-- `updates` rows: loss, KL, ratio, grad-norm columns `≤ 1e-6 + 1e-4·|b|`; iteration, optimizer
-  step, epoch, samples and lr exact.
+- `updates` rows: loss, KL, ratio, grad-norm columns and the per-step gradient norms and clip
+  fractions `≤ 1e-6 + 1e-4·|b|`; iteration, optimizer step, epoch, samples, lr and the per-step
+  advantage statistics exact.
 
 The differences come from per-rank micro-batches (another batch composition in the transformer's
 kernels) and from the all-reduce adding the ranks' gradient sums in another order.
@@ -122,6 +123,12 @@ def assert_same_update(got: RunLayout, want: RunLayout) -> None:
     for ra, rb in zip(rows_a, rows_b, strict=True):
         assert {k: ra[k] for k in EXACT} == {k: rb[k] for k in EXACT}
         for k in CLOSE:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (k, ra, rb)
+        # per trained step: the norms are of the step's gradient over all ranks (not per rank)
+        assert ra["adv_abs_by_step"] == rb["adv_abs_by_step"]
+        assert ra["adv_nonzero_by_step"] == rb["adv_nonzero_by_step"]
+        for k in ("grad_norm_by_step", "clip_frac_by_step"):
+            assert len(ra[k]) == len(rb[k]) > 1
             assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (k, ra, rb)
 
 

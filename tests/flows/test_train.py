@@ -47,7 +47,9 @@ def test_every_dataset_and_manifest(reference_run: RunLayout) -> None:
     layout = reference_run
     cfg = load_config_data(json.loads(Path(layout.run_json()).read_text())["config"])
     n = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration * cfg.rollout.group_size  # 12
-    w = cfg.sampling.num_steps - 1  # 3
+    # SPEC §2's window on the T = 4 shift-3 grid 1, .86, .60, .0089, 0: step 2 ends at σ' = .0089
+    # (cps std .008, under the floor), so W = 2
+    w = 2
     key, mode = "jpeg_incompressibility", "tp_constrained"
     for i in range(2):
         roll = read_manifest(layout.rollouts(i))
@@ -58,8 +60,13 @@ def test_every_dataset_and_manifest(reference_run: RunLayout) -> None:
         }
         br = read_manifest(layout.branches(i))
         assert br.rows == n * (w + 1) and br.inputs == {"rollouts": manifest_hash(layout.rollouts(i))}
-        # T = 4, window 3, velocity reuse: (T-1) + (T-2) + (T-3) = 6 evaluations per trajectory
-        assert br.model_evals == 6 * n
+        assert (
+            read_table(layout.rollouts(i), "rollouts", columns=["window_size"]).column(0).to_pylist()
+            == [w] * n
+        )
+        # T = 4, window 2, velocity reuse: (T-1) + (T-2) = 5 evaluations per trajectory (C(s_2) is the
+        # final image: steps 2 and 3 are ODE steps)
+        assert br.model_evals == 5 * n
         rw = read_manifest(layout.rewards(i, key))
         assert rw.rows == n * (w + 1) and rw.inputs == {"branches": manifest_hash(layout.branches(i))}
         an = read_manifest(layout.annotations(i, key, mode))
@@ -67,6 +74,10 @@ def test_every_dataset_and_manifest(reference_run: RunLayout) -> None:
         up = read_table(layout.updates(i), "updates").to_pylist()
         assert [r["optimizer_step"] for r in up] == [2 * i + 1, 2 * i + 2]
         assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in up)
+        for r in up:  # per trained step: the gradient norms split the step's gradient
+            assert len(r["grad_norm_by_step"]) == len(r["clip_frac_by_step"]) == w
+            assert all(np.isfinite(r["grad_norm_by_step"])) and sum(r["grad_norm_by_step"]) > 0
+            assert len(r["adv_abs_by_step"]) == len(r["adv_nonzero_by_step"]) == w
         assert abs(up[0]["ratio_mean"] - 1.0) < 1e-4  # first pass of an iteration: same weights
         assert sum(r["samples"] for r in up) <= n * w
         ckpt = read_blob_manifest(layout.checkpoint(i + 1))

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from tpgrpo.algorithm import flow_match_sigmas, sampler_step
+from tpgrpo.algorithm import Window, flow_match_sigmas, resolve_window, sampler_step
 from tpgrpo.config import load_config_data
 from tpgrpo.models.flux import FluxPolicy
-from tpgrpo.models.schedule import check_grid
+from tpgrpo.models.schedule import check_grid, directory_grid
 from tpgrpo.models.sd3 import SD3Policy
 
 from .tiny import IMAGE_SIZE, MAX_SEQUENCE_LENGTH, PROMPTS, build_tiny_flux, build_tiny_sd3
@@ -65,6 +65,43 @@ def test_sigmas_leave_the_pipeline_scheduler_alone(policy: Any) -> None:
     before = scheduler.sigmas.clone()
     policy.sigmas(7, IMAGE_SIZE, IMAGE_SIZE)
     assert torch.equal(scheduler.sigmas, before)
+
+
+@pytest.mark.parametrize("size", [*SIZES, (128, 64)])
+def test_directory_grid_equals_the_loaded_policy(
+    policy: Any, family: str, model_dirs: dict[str, Path], size: tuple[int, int]
+) -> None:
+    """The grid read from the directory's JSON configs alone (no weights) is the loaded policy's."""
+    for num_steps in (3, 10):
+        grid = directory_grid(str(model_dirs[family]), family, num_steps, *size)
+        assert torch.equal(grid, policy.sigmas(num_steps, *size))
+
+
+def test_directory_grid_refuses_unreadable_configs(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"scheduler_config\.json"):
+        directory_grid(str(tmp_path), "sd3", 10, 64, 64)
+    with pytest.raises(ValueError, match="multiples"):
+        directory_grid(str(model_dirs["sd3"]), "sd3", 10, 30, 64)
+
+
+def test_flux_dynamic_shift_window(load: Any) -> None:
+    """SPEC §2's window on FLUX's resolution-dependent grid: from the actual σ's of the image size."""
+    policy = load("flux")
+    factor = policy.pipeline.vae_scale_factor
+    for height in (64, 1024):
+        sigmas = policy.sigmas(10, height, height)
+        seq_len = (height // factor // 2) ** 2
+        np.testing.assert_allclose(sigmas.numpy(), _flux_closed_form(10, seq_len), rtol=0, atol=1e-6)
+        # cps: step k has std σ_{k+1}·sin(0.35π); FLUX's last level σ_9 = e^mu/(e^mu + 9) ≥ .1 for any
+        # mu ≥ 0 (here mu = .5 at 256 tokens … 1.15), so step 8 has std ≥ .089 and W = 9
+        assert float(sigmas[9]) > 0.1
+        assert resolve_window(sigmas, "cps", 0.7) == Window(0, 9)
+    # a small noise level moves the floor: a = 0.1 gives std_k = σ_{k+1}·sin(.05π) = .156·σ_{k+1},
+    # so only steps with σ_{k+1} ≥ .05/.156 = .32 qualify
+    sigmas = policy.sigmas(10, 64, 64)
+    expected = sum(1 for k in range(9) if float(sigmas[k + 1]) * math.sin(0.05 * math.pi) >= 0.05)
+    assert 0 < expected < 9
+    assert resolve_window(sigmas, "cps", 0.1) == Window(0, expected)
 
 
 def test_sd3_grid_is_the_static_shift_grid(load: Any) -> None:

@@ -1,6 +1,6 @@
 """Fixtures for the operations surface: one real stored run, built once, and a CLI runner.
 
-`stored_run` trains 2 iterations (2 prompts × G=4, T=4) with the real `train` flow on the tiny
+`stored_run` trains 2 iterations (2 prompts × G=4, T=5, window W=3) with the real `train` flow on the tiny
 model and evaluates every checkpoint with the real `evaluate` flow (4 ODE steps, one prompt per
 task), in this process, into a session temp root. Tests that mutate a run take `run_copy`.
 
@@ -127,7 +127,9 @@ def stored_run(
             "seed": 5,
             "iterations": 2,
             "model": {"path": model},
-            "sampling": {"num_steps": 4},
+            # T = 5: the shift-3 grid 1, .90, .75, .50, .0089, 0 gives SPEC §2's window W = 3 (step 3,
+            # σ' = .0089, has cps std .008), three trained steps for the turning-point audits
+            "sampling": {"num_steps": 5},
             "rollout": {"prompts_per_batch": 2, "batches_per_iteration": 1, "group_size": 4},
             "branch": {"chunk_size": 16},
             "reward": {"spec": reward, "mode": "tp_constrained"},

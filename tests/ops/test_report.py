@@ -18,6 +18,7 @@ EXPECTED = [
     "rewards.png",
     "eval_samples.png",
     "turning_points.png",
+    "learning.png",
     "strips_iter=0000.png",
     "strips_iter=0001.png",
 ]
@@ -77,7 +78,8 @@ def test_html_is_self_contained(report_dir: Path) -> None:
     assert sorted(embedded) == sorted((report_dir / name).read_bytes() for name in EXPECTED)
     for external in ("http://", "https://", "<script", "<link", 'src="file', "url("):
         assert external not in page, external
-    for heading in ("Run", "Reward", "Evaluation", "Turning points", "Example trajectories"):
+    headings = ("Run", "Reward", "Evaluation", "Turning points", "Learning health", "Example trajectories")
+    for heading in headings:
         assert f"<h2>{heading}</h2>" in page
 
 

@@ -36,7 +36,7 @@ def test_show_summarises_config_iterations_and_evaluations(stored_run: StoredRun
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "status     complete, 2/2 iterations done" in out
-    assert "T=4, window [0, 3)" in out and "2 prompt groups x G=4" in out
+    assert "T=5, window [0, 3)" in out and "2 prompt groups x G=4" in out
     assert f"(key {stored_run.reward_key}), mode tp_constrained" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:4].strip() in ("0", "1")}
     for i in (0, 1):

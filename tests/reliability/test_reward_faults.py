@@ -29,7 +29,7 @@ from .conftest import MODE, REWARD_KEY, PrefectServer, use_server
 
 pytestmark = pytest.mark.integration
 
-ROWS = 48  # 12 trajectories × (W + 1 = 4) boundaries
+ROWS = 36  # 12 trajectories × (W + 1 = 3) boundaries (T = 4: SPEC §2 window W = 2)
 
 
 @pytest.fixture

@@ -19,8 +19,11 @@ TYPES = {
     "large_binary": pa.large_binary(),
     "list<float32>": pa.list_(pa.float32()),
     "list<int32>": pa.list_(pa.int32()),
+    "list<float64>": pa.list_(pa.float64()),
 }
 _UPDATE_METRICS = ["loss", "policy_loss", "kl", "clip_frac", "approx_kl", "ratio_mean", "grad_norm", "lr"]
+_UPDATE_BY_STEP = ["grad_norm_by_step", "clip_frac_by_step", "adv_abs_by_step", "adv_nonzero_by_step"]
+VERSIONS = {"updates": 2}  # v2: the per-step diagnostics (v1 still read, tests/storage/test_schema_versions)
 
 # the public data contract (DESIGN.md, issue 4): "column:type", the names and types users query
 CONTRACT: dict[str, list[str]] = {
@@ -68,6 +71,7 @@ CONTRACT: dict[str, list[str]] = {
     "updates": [
         *["iteration:int32", "optimizer_step:int64", "epoch:int32", "samples:int64"],
         *(f"{m}:float64" for m in _UPDATE_METRICS),
+        *(f"{m}:list<float64>" for m in _UPDATE_BY_STEP),
     ],
     "eval": [
         "checkpoint:string",
@@ -93,9 +97,10 @@ def test_schema_has_contract_columns_name_and_version(name: str) -> None:
     for entry in CONTRACT[name]:
         column, type_ = entry.split(":")
         assert schema.field(column).type == TYPES[type_], column
-    assert SchemaRef.of(schema) == SchemaRef(name, 1)
+    version = VERSIONS.get(name, 1)
+    assert SchemaRef.of(schema) == SchemaRef(name, version)
     assert schema.metadata[SCHEMA_NAME_KEY] == name.encode()
-    assert schema.metadata[SCHEMA_VERSION_KEY] == b"1"
+    assert schema.metadata[SCHEMA_VERSION_KEY] == str(version).encode()
 
 
 def test_nullable_columns_are_the_optional_ones() -> None:
@@ -104,7 +109,8 @@ def test_nullable_columns_are_the_optional_ones() -> None:
     assert nullable["rewards"] == {"strict", "details", "reward_model"}
     assert nullable["eval"] == {"strict", "details"}
     assert nullable["prompts"] == {"spec"}
-    assert nullable["annotations"] == nullable["updates"] == nullable["branches"] == set()
+    assert nullable["updates"] == set(_UPDATE_BY_STEP)  # null in rows read from a v1 dataset
+    assert nullable["annotations"] == nullable["branches"] == set()
 
 
 def test_unknown_schema_names_the_known_ones() -> None:

@@ -39,7 +39,8 @@ def test_batched_equals_naive(make_cfg: Any, policy: Any, tmp_path: Path, reuse:
     result = branch.complete_branches(policy, cfg, roll)
     states = decode_tensor_column(roll, "states")  # [N, T+1, C, h, w]
     prompts = roll.column("prompt").to_pylist()
-    t_steps, (w0, w) = cfg.sampling.num_steps, cfg.sampling.window
+    window = make_grid(cfg, policy.pipeline.scheduler.config.shift).window
+    t_steps, w0, w = cfg.sampling.num_steps, window.start, window.size
     assert len(result.branches) == roll.num_rows * (w + 1)
     for i, b in enumerate(result.branches):
         assert b.grid_index == w0 + b.boundary
@@ -56,20 +57,23 @@ def test_batched_equals_naive(make_cfg: Any, policy: Any, tmp_path: Path, reuse:
 
 
 def test_counts_and_first_boundary(make_cfg: Any, policy: Any, tmp_path: Path) -> None:
-    """T = 10: 45 evaluations per trajectory with velocity reuse (54 without); model calls about
-    T per level batch, never one per branch and step; C(s_0) is the pure ODE sample of s_0."""
+    """T = 10, the SPEC §2 window W = 8 (shift-3 grid): boundaries j = 0 … 7 need a completion from
+    grid index k = j, T − k = 10 + 9 + … + 3 = 52 evaluations per trajectory (44 with velocity
+    reuse, one less each); C(s_8) is the final image. Model calls about T per level batch, never one
+    per branch and step; C(s_0) is the pure ODE sample of s_0."""
     cfg = make_cfg(sampling__num_steps=10, branch__chunk_size=64)
     roll = _run(cfg, policy, tmp_path, "roll")
     n = roll.num_rows
     reuse = branch.complete_branches(policy, cfg, roll)
-    assert reuse.model_evals == 45 * n
+    assert make_grid(cfg, policy.pipeline.scheduler.config.shift).window.size == 8
+    assert reuse.model_evals == 44 * n
     assert reuse.model_calls == 9  # levels 1 … 9, every active branch in one chunk
     plain = branch.complete_branches(
         policy,
         make_cfg(sampling__num_steps=10, branch__chunk_size=64, branch__reuse_rollout_velocity=False),
         roll,
     )
-    assert plain.model_evals == 54 * n
+    assert plain.model_evals == 52 * n
     assert plain.model_calls == 10
     # C(s_0): from the trajectory's own initial noise
     states = decode_tensor_column(roll, "states")
@@ -90,7 +94,7 @@ def test_stage_writes_all_boundaries(make_cfg: Any, policy: Any, tmp_path: Path)
     manifest = finalize_dataset(
         out, "branches", inputs={}, config_hash="t", model_evals=int(stats["model_evals"])
     )
-    _, w = cfg.sampling.window
+    w = make_grid(cfg, policy.pipeline.scheduler.config.shift).window.size
     t = read_table(out, "branches").sort_by([("trajectory_id", "ascending"), ("boundary", "ascending")])
     assert t.num_rows == roll.num_rows * (w + 1) == manifest.rows
     assert manifest.model_evals == sum(t.column("model_evals").to_pylist())
@@ -105,7 +109,7 @@ def test_without_completions_only_the_final_image(make_cfg: Any, policy: Any, tm
     cfg = make_cfg(branch__completions=False, reward__mode="flow_grpo")
     roll = _run(cfg, policy, tmp_path, "roll")
     result = branch.complete_branches(policy, cfg, roll)
-    _, w = cfg.sampling.window
+    w = make_grid(cfg, policy.pipeline.scheduler.config.shift).window.size
     assert result.model_evals == 0 and result.model_calls == 0
     assert [b.boundary for b in result.branches] == [w] * roll.num_rows
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from tpgrpo.algorithm import ode_step, sampler_step
@@ -51,7 +52,10 @@ def test_groups_seeds_and_shapes(make_cfg: Any, policy: Any, tmp_path: Path) -> 
     states = decode_tensor_column(table, "states")  # [N, T+1, C, h, w]
     t_steps = cfg.sampling.num_steps
     assert states.shape == (g * groups, t_steps + 1, 4, 8, 8)
-    _, w = cfg.sampling.window
+    # the SPEC §2 window on the tiny pipeline's shift-3 grid at T = 5: 1, .90, .75, .50, .0089, 0,
+    # cps stds .80, .67, .45, .008 → W = 3 (step 3 is under the floor)
+    w = make_grid(cfg, policy.pipeline.scheduler.config.shift).window.size
+    assert w == 3 and set(table.column("window_size").to_pylist()) == {3}
     assert all(len(lp) == w for lp in table.column("log_probs").to_pylist())
     assert decode_png(table.column("image")[0].as_py()).shape == (32, 32, 3)
     # s_0 is the trajectory's own seeded noise
@@ -114,3 +118,17 @@ def test_stored_transitions_recompute_exactly(make_cfg: Any, policy: Any, tmp_pa
         torch.testing.assert_close(odes[:, j], ode_step(states[:, k], v, s, s1), rtol=0, atol=1e-5)
     # plain pyarrow reads it without this package
     assert pq.read_table(str(tmp_path / "a")).num_rows == n
+
+
+def test_window_under_the_floor_refused_before_any_write(make_cfg: Any, policy: Any, tmp_path: Path) -> None:
+    """An explicit window holding a near-deterministic step fails on the model's actual grid (SPEC §2),
+    with the step, its std and the fix, and nothing is written."""
+    from tpgrpo.errors import ConfigError
+
+    cfg = make_cfg(sampling__window_size=4)  # T = 5: step 3 (σ .50 → .0089) has cps std .008
+    with pytest.raises(ConfigError, match=r"step 3 .*std 0\.0080.*W = 3") as err:
+        make_grid(cfg, policy.pipeline.scheduler.config.shift)
+    assert "window_size to null" in str(err.value)
+    with pytest.raises(ConfigError, match="step 3"):
+        _run(cfg, policy, tmp_path, "bad")
+    assert not list((tmp_path / "bad").glob("*.parquet"))

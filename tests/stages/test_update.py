@@ -61,7 +61,7 @@ def _log_probs(policy: Any, cfg: Any, data: update.UpdateData) -> torch.Tensor:
 def test_first_pass_ratio_one_and_direction(make_cfg: Any, policy: Any, tmp_path: Path) -> None:
     cfg = make_cfg(update__lr=1e-4, update__optimizer_steps=1, update__clip_range=10.0, sampling__num_steps=4)
     roll = _run(cfg, policy, tmp_path, "roll")
-    n, w = roll.num_rows, cfg.sampling.window[1]
+    n, w = roll.num_rows, roll.column("window_size")[0].as_py()
     # +1 for the first half of the trajectories, -1 for the rest
     adv = np.where(np.arange(n)[:, None] < n // 2, 1.0, -1.0) * np.ones((1, w))
     data = update.load_update_data(str(tmp_path / "roll"), _annotations(roll, tmp_path, adv))
@@ -83,7 +83,7 @@ def test_first_pass_ratio_one_and_direction(make_cfg: Any, policy: Any, tmp_path
 def test_zero_advantages_skip_the_update(make_cfg: Any, policy: Any, tmp_path: Path) -> None:
     cfg = make_cfg(sampling__num_steps=4)
     roll = _run(cfg, policy, tmp_path, "roll")
-    adv = np.zeros((roll.num_rows, cfg.sampling.window[1]))
+    adv = np.zeros((roll.num_rows, roll.column("window_size")[0].as_py()))
     data = update.load_update_data(str(tmp_path / "roll"), _annotations(roll, tmp_path, adv))
     optimizer, ema, state = initial_state(cfg, policy)
     assert update.train_iteration(policy, cfg, data, optimizer, ema, state, iteration=0) == []
@@ -93,7 +93,7 @@ def test_zero_advantages_skip_the_update(make_cfg: Any, policy: Any, tmp_path: P
 def test_run_counts_the_transformer_samples(make_cfg: Any, policy: Any, tmp_path: Path) -> None:
     cfg = make_cfg(update__optimizer_steps=1, update__kl_beta=0.01, sampling__num_steps=4)
     roll = _run(cfg, policy, tmp_path, "roll")
-    n, w = roll.num_rows, cfg.sampling.window[1]
+    n, w = roll.num_rows, roll.column("window_size")[0].as_py()
     adv = np.where(np.arange(n)[:, None] < n // 2, 1.0, -1.0) * np.ones((1, w))
     ann = _annotations(roll, tmp_path, adv)
     optimizer, ema, state = initial_state(cfg, policy)
@@ -125,7 +125,7 @@ def test_gradient_checkpointing_gives_the_same_step(make_cfg: Any, policy: Any, 
 
     cfg = make_cfg(update__optimizer_steps=1, sampling__num_steps=4)
     roll = _run(cfg, policy, tmp_path, "roll")
-    n, w = roll.num_rows, cfg.sampling.window[1]
+    n, w = roll.num_rows, roll.column("window_size")[0].as_py()
     adv = np.where(np.arange(n)[:, None] % 2 == 0, 1.0, -1.0) * np.ones((1, w))
     data = update.load_update_data(str(tmp_path / "roll"), _annotations(roll, tmp_path, adv))
     start = {k: v.clone() for k, v in lora_state_dict(policy.transformer).items()}
@@ -146,3 +146,81 @@ def test_gradient_checkpointing_gives_the_same_step(make_cfg: Any, policy: Any, 
     for k in weights_off:
         torch.testing.assert_close(weights_on[k], weights_off[k], rtol=1e-5, atol=1e-7)
     assert any(not torch.equal(weights_off[k], start[k]) for k in start)  # the step moved the adapter
+
+
+def _step_gradient_norms(policy: Any, cfg: Any, data: update.UpdateData) -> tuple[list[float], float]:
+    """Each trained step's gradient on its own (fresh backward, step j's transitions only, weighted by
+    their share of the optimizer step), and the norm of the full gradient of all transitions at once."""
+    from tpgrpo.models.lora import lora_parameters
+
+    params = list(lora_parameters(policy.transformer).values())
+    cond = policy.encode(data.prompts)
+    uncond = policy.encode([""] * len(data.prompts))
+    n, w = data.log_probs.shape
+    flats = []
+    policy.transformer.train()
+    try:
+        for j in range(w):
+            for p in params:
+                p.grad = None
+            out = update.transition_loss(policy, cfg, data, [(r, j) for r in range(n)], cond, uncond)
+            (out.loss * (n / (n * w))).backward()
+            flats.append(torch.cat([p.grad.reshape(-1) for p in params]))  # [P]
+        for p in params:
+            p.grad = None
+        every = [(r, j) for r in range(n) for j in range(w)]
+        out = update.transition_loss(policy, cfg, data, every, cond, uncond)
+        out.loss.backward()
+        full = float(torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in params])))
+    finally:
+        for p in params:
+            p.grad = None
+        policy.transformer.eval()
+    return [float(torch.linalg.vector_norm(f)) for f in flats], full
+
+
+def test_per_step_diagnostics(make_cfg: Any, policy: Any, tmp_path: Path) -> None:
+    """`grad_norm_by_step[j]` is the norm of step j's part of the loss gradient (checked against a
+    separate backward per step); a step whose advantages are all zero has exactly zero gradient;
+    the per-step advantage statistics and clip fractions are those of the step's transitions."""
+    cfg = make_cfg(update__optimizer_steps=1, update__micro_batch=4, sampling__num_steps=5)
+    roll = _run(cfg, policy, tmp_path, "roll")
+    n, w = roll.num_rows, roll.column("window_size")[0].as_py()
+    assert w == 3  # T = 5 on the shift-3 grid (see test_rollout)
+    # step 0: ±1 by half; step 1: all zero (no signal); step 2: ±2 on the first two trajectories only
+    adv = np.zeros((n, w))
+    adv[:, 0] = np.where(np.arange(n) < n // 2, 1.0, -1.0)
+    adv[:2, 2] = [2.0, -2.0]
+    data = update.load_update_data(str(tmp_path / "roll"), _annotations(roll, tmp_path, adv))
+    expected, full = _step_gradient_norms(policy, cfg, data)
+    optimizer, ema, state = initial_state(cfg, policy)
+    (row,) = update.train_iteration(policy, cfg, data, optimizer, ema, state, iteration=0)
+    got = row["grad_norm_by_step"]
+    assert len(got) == w
+    assert got[1] == 0.0 and expected[1] == 0.0  # no advantage, no KL: no gradient
+    assert got[0] > 0 and got[2] > 0
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-9)
+    # the parts add up to the optimizer step's gradient (before clipping)
+    assert row["grad_norm"] == pytest.approx(full, rel=1e-4)
+    # mean |A| by step: 1, 0, (2 + 2)/n; share non-zero: 1, 0, 2/n
+    np.testing.assert_allclose(row["adv_abs_by_step"], [1.0, 0.0, 4.0 / n])
+    np.testing.assert_allclose(row["adv_nonzero_by_step"], [1.0, 0.0, 2.0 / n])
+    assert row["clip_frac_by_step"] == [0.0, 0.0, 0.0]  # first pass: ratio exactly 1
+
+
+def test_per_step_clip_fraction(make_cfg: Any, policy: Any, tmp_path: Path) -> None:
+    """A second optimizer step over other trajectories of the same iteration sees moved weights: its
+    ratios are off 1 by more than ε = 1e-9 at every step (advantage or not); the row's overall clip
+    fraction is the transition-weighted mean of the per-step ones (equal counts here)."""
+    cfg = make_cfg(update__optimizer_steps=2, update__clip_range=1e-9, update__lr=1e-3, sampling__num_steps=5)
+    roll = _run(cfg, policy, tmp_path, "roll")
+    n, w = roll.num_rows, roll.column("window_size")[0].as_py()
+    adv = np.where(np.arange(n)[:, None] % 2 == 0, 1.0, -1.0) * np.ones((1, w))
+    adv[:, 1] = 0.0  # step 1: no signal, still recomputed (its ratio moves too)
+    data = update.load_update_data(str(tmp_path / "roll"), _annotations(roll, tmp_path, adv))
+    optimizer, ema, state = initial_state(cfg, policy)
+    first, second = update.train_iteration(policy, cfg, data, optimizer, ema, state, iteration=0)
+    assert first["clip_frac_by_step"] == [0.0, 0.0, 0.0]
+    assert all(c > 0.5 for c in second["clip_frac_by_step"])  # the weights moved: ratios off 1 by > ε
+    assert second["grad_norm_by_step"][1] == 0.0  # clipped or not, zero advantage carries no gradient
+    assert second["clip_frac"] == pytest.approx(float(np.mean(second["clip_frac_by_step"])), rel=1e-9)

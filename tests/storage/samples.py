@@ -110,6 +110,11 @@ def updates(n: int, *, iteration: int = 0) -> dict[str, Any]:
         "samples": [96] * n,
     }
     rows.update({m: [0.001 * (i + k) for i in range(n)] for k, m in enumerate(metrics)})
+    # per trained step (W = 3): schema v2
+    rows["grad_norm_by_step"] = [[0.1 * i, 0.2, 0.3] for i in range(n)]
+    rows["clip_frac_by_step"] = [[0.0, 0.5, 1.0]] * n
+    rows["adv_abs_by_step"] = [[1.0, 0.5, 0.25]] * n
+    rows["adv_nonzero_by_step"] = [[1.0, 1.0, 0.5]] * n
     return rows
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tpgrpo.algorithm.advantages import STD_SCOPES, advantages, zero_advantage_mask
+from tpgrpo.algorithm.advantages import STD_SCOPES, advantages, zero_advantage_mask, zero_std_groups
 from tpgrpo.algorithm.annotation import (
     MODES,
     Annotation,
@@ -11,7 +11,15 @@ from tpgrpo.algorithm.annotation import (
     balance_turning_points,
     detect_turning_points,
 )
-from tpgrpo.algorithm.grid import Window, default_window, flow_match_sigmas, timesteps_of
+from tpgrpo.algorithm.grid import (
+    STEP_STD_FLOOR,
+    Window,
+    flow_match_sigmas,
+    grid_step_stds,
+    resolve_window,
+    timesteps_of,
+    window_problems,
+)
 from tpgrpo.algorithm.loss import LossOut, grpo_loss
 from tpgrpo.algorithm.samplers import (
     SAMPLERS,
@@ -20,6 +28,7 @@ from tpgrpo.algorithm.samplers import (
     ode_step,
     reference_cps_log_prob,
     sampler_step,
+    step_std,
     transition_log_prob,
 )
 
@@ -27,6 +36,7 @@ __all__ = [
     "MODES",
     "SAMPLERS",
     "STD_SCOPES",
+    "STEP_STD_FLOOR",
     "Annotation",
     "AnnotationConfig",
     "LossOut",
@@ -35,15 +45,19 @@ __all__ = [
     "advantages",
     "annotate",
     "balance_turning_points",
-    "default_window",
     "detect_turning_points",
     "flow_match_sigmas",
+    "grid_step_stds",
     "grpo_loss",
     "kl_to_reference",
     "ode_step",
     "reference_cps_log_prob",
+    "resolve_window",
     "sampler_step",
+    "step_std",
     "timesteps_of",
     "transition_log_prob",
+    "window_problems",
     "zero_advantage_mask",
+    "zero_std_groups",
 ]

@@ -98,3 +98,25 @@ def zero_advantage_mask(adv: np.ndarray) -> np.ndarray:
     """
     adv = _check_matrix(adv, "adv")
     return np.all(adv == 0, axis=1)  # [N]
+
+
+def zero_std_groups(step_reward: np.ndarray, group_id: np.ndarray) -> np.ndarray:
+    """Which prompt groups have no signal: step rewards all equal within the group at every step.
+
+    Such a group's advantages are all zero (its deviations from the group mean are exactly zero,
+    whatever `std_scope`), so it adds nothing to the update: with Flow-GRPO's terminal reward, every
+    sample of the prompt scored the same.
+
+    Args:
+        step_reward (`np.ndarray`): `[N, W]` finite step rewards.
+        group_id (`np.ndarray`): `[N]` int prompt group of each trajectory.
+
+    Returns:
+        `np.ndarray`: `[G]` bool, one per distinct group id in sorted order.
+    """
+    x = _check_matrix(step_reward, "step_reward")
+    groups = np.asarray(group_id)
+    if groups.shape != (x.shape[0],):
+        raise ValueError(f"group_id must have shape [N] = [{x.shape[0]}], got shape {tuple(groups.shape)}")
+    ids, inverse = np.unique(groups, return_inverse=True)
+    return np.array([bool((x[inverse == g] == x[inverse == g][:1]).all()) for g in range(ids.size)])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tpgrpo.algorithm.samplers import SAMPLERS
+from tpgrpo.algorithm.samplers import SAMPLERS, step_std
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -119,8 +119,136 @@ class Window:
             )
 
 
-def default_window(num_steps: int) -> Window:
-    """The reference window `Window(0, T - 1)`: every step but the last, near-deterministic one."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
-        raise ValueError(f"the default window needs num_steps >= 2, got {num_steps!r}")
-    return Window(0, num_steps - 1)
+STEP_STD_FLOOR = 0.05
+"""SPEC §2's near-deterministic floor: every trained step must have a step std of at least this.
+
+The exact log-prob's gradient scales like `1/stepstd`, so one near-deterministic step in the window
+takes nearly all of every update while its noise cannot change the image (on SD3's shift-3 grid at
+T = 10 with `cps`, a = 0.7, step 8 has std 0.008 and carried 99.8 % of the squared gradient)."""
+
+
+def grid_step_stds(sigmas: torch.Tensor, sampler: str, noise_level: float) -> torch.Tensor:
+    """The step std of every step of a grid under `sampler` (`samplers.step_std`).
+
+    Args:
+        sigmas (`torch.Tensor`): `[T + 1]` grid, `σ_0 = 1 > … > σ_T = 0`, with T ≥ 2.
+        sampler (`str`): `"sde"` or `"cps"`.
+        noise_level (`float`): `a`.
+
+    Returns:
+        `torch.Tensor`: float32 `[T]`; entry `k` is the std of step `k` (`σ_k → σ_{k+1}`).
+    """
+    if sigmas.ndim != 1 or sigmas.shape[0] < 3:
+        raise ValueError(f"sigmas must be a 1-D grid [T + 1] with T >= 2, got shape {tuple(sigmas.shape)}")
+    grid = sigmas.detach().to("cpu", torch.float32)  # [T+1]
+    return step_std(sampler, grid[:-1], grid[1:], noise_level=noise_level, sigma_guard=float(grid[1]))
+
+
+def _floor_size(stds: torch.Tensor, start: int) -> int:
+    """How many consecutive steps from `start` reach the floor (the last step never counts)."""
+    size = 0
+    for k in range(start, stds.shape[0] - 1):  # k ≤ T − 2: the last step (σ' = 0) is never trained
+        if float(stds[k]) < STEP_STD_FLOOR:
+            break
+        size += 1
+    return size
+
+
+def _describe(sigmas: torch.Tensor, stds: torch.Tensor, k: int, sampler: str) -> str:
+    sig, sig_next, std = float(sigmas[k]), float(sigmas[k + 1]), float(stds[k])
+    return f"step {k} (σ {sig:.4f} → {sig_next:.4f}, {sampler} step std {std:.4f})"
+
+
+def _noise_level_hint(sigmas: torch.Tensor, stds: torch.Tensor, k: int, sampler: str, a: float) -> str:
+    """The smallest noise level at which step `k` reaches the floor, as advice (or why none does)."""
+    if sampler == "cps":  # std = σ'·sin(a·π/2)
+        ratio = STEP_STD_FLOOR / float(sigmas[k + 1])
+        if ratio > 1:
+            return f"no noise level lifts step {k} to the floor (σ' = {float(sigmas[k + 1]):.4f})"
+        return f"sampling.noise_level ≥ {2 / math.pi * math.asin(ratio):.3f} lifts step {k} to the floor"
+    if float(stds[k]) == 0:  # sde with a = 0
+        return "set sampling.noise_level > 0"
+    needed = a * STEP_STD_FLOOR / float(stds[k])  # sde: std ∝ a
+    return f"sampling.noise_level ≥ {needed:.3f} lifts step {k} to the floor"
+
+
+def window_problems(
+    sigmas: torch.Tensor, sampler: str, noise_level: float, start: int, size: int | None
+) -> list[str]:
+    """What is wrong with a window on this grid under SPEC §2's rule (empty: it is fine).
+
+    With `size` None the window is the default one (see `resolve_window`), a problem only when no
+    step qualifies. An explicit window must fit the grid, leave out the last step and have every
+    step at or above `STEP_STD_FLOOR`. Each problem names the step, its std, and the fix.
+
+    Args:
+        sigmas (`torch.Tensor`): `[T + 1]` grid.
+        sampler (`str`): `"sde"` or `"cps"`.
+        noise_level (`float`): `a`.
+        start (`int`): `w0`.
+        size (`int` or `None`): `W`, or None for the default.
+    """
+    t = int(sigmas.shape[0]) - 1
+    if start > t - 2:
+        return [
+            f"sampling.window_start={start} leaves no trainable step: the last step {t - 1} (σ' = 0) is "
+            f"never trained; use window_start ≤ {t - 2}"
+        ]
+    stds = grid_step_stds(sigmas, sampler, noise_level)  # [T]
+    default = _floor_size(stds, start)
+    if size is None:
+        if default > 0:
+            return []
+        return [
+            f"no step qualifies for the default window: {_describe(sigmas, stds, start, sampler)} is under "
+            f"the near-deterministic floor {STEP_STD_FLOOR} (SPEC §2) with noise_level {noise_level}; "
+            f"{_noise_level_hint(sigmas, stds, start, sampler, noise_level)}"
+            + (", or lower sampling.window_start" if start > 0 else "")
+        ]
+    end = start + size
+    if end > t:
+        return [f"sampling: window [{start}, {end}) runs past the {t} steps of the grid"]
+    bad = [k for k in range(start, end) if k == t - 1 or float(stds[k]) < STEP_STD_FLOOR]
+    if not bad:
+        return []
+    if default > 0:
+        fix = (
+            f"set sampling.window_size to null (the default window, W = {default} here) "
+            f"or to at most {default}"
+        )
+    else:
+        fix = (
+            f"no window starting at step {start} qualifies: "
+            f"{_noise_level_hint(sigmas, stds, start, sampler, noise_level)}, or lower sampling.window_start"
+        )
+    out = []
+    for k in bad:
+        if float(stds[k]) < STEP_STD_FLOOR:
+            why = f"under the near-deterministic floor {STEP_STD_FLOOR} (SPEC §2)"
+        else:
+            why = "the last step (σ' = 0), which is never trained"
+        out.append(
+            f"sampling window [{start}, {end}) contains {_describe(sigmas, stds, k, sampler)}, {why}; {fix}"
+        )
+    return out
+
+
+def resolve_window(
+    sigmas: torch.Tensor, sampler: str, noise_level: float, start: int = 0, size: int | None = None
+) -> Window:
+    """The SDE window of SPEC §2 on this grid: explicit, or the default when `size` is None.
+
+    The default is `[start, start + W)` with `W` the longest run of steps from `start` whose every
+    step std (`grid_step_stds`) is at least `STEP_STD_FLOOR`; the last step (σ' = 0) is never in
+    it. On SD3's shift-3 grid at T = 10 with `cps`, a = 0.7 that is `W = 8`; on a uniform grid
+    (`σ_9 = 0.1`) it is `W = 9`.
+
+    Raises:
+        ValueError: `window_problems` found problems (the message lists them, `; `-separated).
+    """
+    problems = window_problems(sigmas, sampler, noise_level, start, size)
+    if problems:
+        raise ValueError("; ".join(problems))
+    if size is None:
+        size = _floor_size(grid_step_stds(sigmas, sampler, noise_level), start)
+    return Window(start, size)

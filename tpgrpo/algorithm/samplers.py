@@ -175,6 +175,69 @@ def kl_to_reference(mean: Tensor, mean_ref: Tensor, std: Tensor | float) -> Tens
     return (diff**2).mean(dim=tuple(range(1, mean.ndim))) / (2 * std_b**2)  # [B]
 
 
+def _sde_std(sig: Tensor, sigma_guard: Tensor | float, noise_level: float) -> Tensor:
+    """The Flow-GRPO SDE's `std = a·sqrt(σ / (1 − σ̃))` (before the `sqrt(−dt)` of a step), `[B, 1, ...]`."""
+    guard = _batch_view(_per_sample(sigma_guard, sig.shape[0], sig.device, "sigma_guard"), sig.ndim)
+    if not bool(((guard > 0) & (guard < 1)).all()):
+        raise ValueError("sigma_guard (σ_1 of the grid) must lie in (0, 1)")
+    # σ̃ = σ_1 where σ = 1. The first grid level is 1 only up to float32 rounding for some
+    # shifts (1 ± 1 ulp, where 1 − σ is 0, negative or tiny), so the guard applies to every σ
+    # above σ_1; on a grid that is exactly σ_0.
+    sig_safe = torch.where(sig > guard, guard, sig)  # [B, 1, ...] σ̃
+    return noise_level * torch.sqrt(sig / (1 - sig_safe))  # [B, 1, ...]
+
+
+def _cps_std(sig_next: Tensor, noise_level: float) -> Tensor:
+    """The CPS step std `σ'·sin(a·π/2)`, shaped as `sig_next`."""
+    return sig_next * math.sin(noise_level * math.pi / 2)
+
+
+def _check_noise_level(sampler: str, noise_level: float) -> None:
+    if not (math.isfinite(noise_level) and noise_level >= 0):
+        raise ValueError(f"noise_level must be a finite number >= 0, got {noise_level!r}")
+    if sampler == "cps" and noise_level > 1:
+        raise ValueError(f"the cps noise_level must lie in [0, 1] (std = σ'·sin(a·π/2)), got {noise_level}")
+
+
+def step_std(
+    sampler: str,
+    sigma: Tensor | float,
+    sigma_next: Tensor | float,
+    *,
+    noise_level: float,
+    sigma_guard: Tensor | float,
+) -> Tensor:
+    """The std of the Gaussian a `sampler` step draws from (SPEC §2's stepstd), per step.
+
+    `std·sqrt(−dt)` for `sde`, `σ'·sin(a·π/2)` for `cps`, 0 for `ode`: the same arithmetic as
+    `sampler_step`'s `StepOut.std`, without a state or a model.
+
+    Args:
+        sampler (`str`): one of `SAMPLERS`.
+        sigma (`torch.Tensor` or `float`): `[S]` or scalar noise levels `σ`.
+        sigma_next (`torch.Tensor` or `float`): `[S]` or scalar next noise levels `σ' < σ`.
+        noise_level (`float`): `a`.
+        sigma_guard (`torch.Tensor` or `float`): `σ_1` of the grid (the `sde` guard).
+
+    Returns:
+        `torch.Tensor`: `[S]` float32 (`[1]` for scalars).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+    n = max(torch.as_tensor(sigma).numel(), torch.as_tensor(sigma_next).numel())
+    anchor = torch.zeros(n, 1)  # [S, 1]: a stand-in state, only its batch size is used
+    sig, sig_next = _grid_pair(sigma, sigma_next, anchor)  # [S, 1] each
+    if sampler == "ode":
+        return torch.zeros(n)
+    _check_noise_level(sampler, noise_level)
+    if sampler == "sde":
+        dt = sig_next - sig  # [S, 1]
+        std = _sde_std(sig, sigma_guard, noise_level) * torch.sqrt(-dt)  # [S, 1]
+    else:
+        std = _cps_std(sig_next, noise_level)  # [S, 1]
+    return std.reshape(n)  # [S]
+
+
 def sampler_step(
     sampler: str,
     sample: Tensor,
@@ -228,10 +291,7 @@ def sampler_step(
         next_ode = _euler(sample, velocity, sig, sig_next)  # [B, ...]
         return StepOut(next=next_ode, mean=next_ode, std=sample.new_zeros(batch), log_prob=None)
 
-    if not (math.isfinite(noise_level) and noise_level >= 0):
-        raise ValueError(f"noise_level must be a finite number >= 0, got {noise_level!r}")
-    if sampler == "cps" and noise_level > 1:
-        raise ValueError(f"the cps noise_level must lie in [0, 1] (std = σ'·sin(a·π/2)), got {noise_level}")
+    _check_noise_level(sampler, noise_level)
     if (noise is None) == (prev_sample is None):
         raise ValueError(
             f"the {sampler} sampler needs exactly one of noise (draw a step) "
@@ -240,20 +300,13 @@ def sampler_step(
 
     x1_hat = sample + (1 - sig) * velocity  # [B, ...] predicted noise x̂1
     if sampler == "sde":
-        guard = _batch_view(_per_sample(sigma_guard, batch, sample.device, "sigma_guard"), sample.ndim)
-        if not bool(((guard > 0) & (guard < 1)).all()):
-            raise ValueError("sigma_guard (σ_1 of the grid) must lie in (0, 1)")
-        # σ̃ = σ_1 where σ = 1. The first grid level is 1 only up to float32 rounding for some
-        # shifts (1 ± 1 ulp, where 1 − σ is 0, negative or tiny), so the guard applies to every σ
-        # above σ_1; on a grid that is exactly σ_0.
-        sig_safe = torch.where(sig > guard, guard, sig)  # [B, 1, ...] σ̃
-        std_dev = noise_level * torch.sqrt(sig / (1 - sig_safe))  # [B, 1, ...]
+        std_dev = _sde_std(sig, sigma_guard, noise_level)  # [B, 1, ...]
         dt = sig_next - sig  # [B, 1, ...]
         # s + [v + std²/(2σ)·x̂1]·dt; with std = 0 this is bit-for-bit the Euler step.
         mean = sample + dt * (velocity + std_dev**2 / (2 * sig) * x1_hat)  # [B, ...]
         step_std = std_dev * torch.sqrt(-dt)  # [B, 1, ...]
     else:
-        step_std = sig_next * math.sin(noise_level * math.pi / 2)  # [B, 1, ...]
+        step_std = _cps_std(sig_next, noise_level)  # [B, 1, ...]
         # (1 − σ')·x̂0 + sqrt(σ'² − std²)·x̂1 written as the Euler step plus a correction, so that
         # std = 0 reproduces the Euler step exactly (sqrt(fl(σ'²)) == σ' in IEEE arithmetic).
         correction = torch.sqrt(sig_next**2 - step_std**2) - sig_next  # [B, 1, ...]

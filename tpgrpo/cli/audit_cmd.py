@@ -1,4 +1,4 @@
-"""`tpgrpo audit trajectory|turning-points|verify`: inspect and check what a run stored."""
+"""`tpgrpo audit trajectory|turning-points|verify|health`: inspect and check what a run stored."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import typer
 from tpgrpo.cli.common import RootOption, RunOption, echo, load_run
 
 app = typer.Typer(
-    help="Audit stored trajectories, turning points and the integrity of a run.", no_args_is_help=True
+    help="Audit stored trajectories, turning points, the integrity of a run and its learning health.",
+    no_args_is_help=True,
 )
 
 RewardKeyOption = Annotated[
@@ -120,3 +121,31 @@ def verify(
             "rerun the named stages (with --force where a dataset is stale) to repair"
         )
     echo(f"run {run}: OK ({len(report.checked)} datasets and checkpoints verified)")
+
+
+@app.command("health")
+def health(
+    run: RunOption,
+    reward: RewardKeyOption = None,
+    mode: ModeOption = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when there is any warning (for schedules and CI)")
+    ] = False,
+    root: RootOption = None,
+) -> None:
+    """Is the run learning? Per iteration: share of prompt groups with zero reward std, and each trained
+    step's share of the squared gradient (from the per-step gradient norms of `updates`). Warns when
+    one step holds more than half of the squared gradient, or more than half of the groups have
+    zero std (no signal); each warning says what to change."""
+    from tpgrpo.report.health import format_health, read_health
+
+    ctx = load_run(run, root)
+    key, m = key_and_mode(ctx, reward, mode)
+    report = read_health(ctx, key, m)
+    echo(format_health(report, f"run {run}: learning health (zero-std groups of {key}/{m})"))
+    for warning in report.warnings:
+        echo(f"WARN   {warning}")
+    if not report.warnings:
+        echo(f"run {run}: no warnings ({len(report.iterations)} iteration(s) checked)")
+    elif strict:
+        raise typer.Exit(1)

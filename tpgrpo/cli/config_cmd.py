@@ -20,20 +20,22 @@ def validate(
     """Validate a config: every problem is listed at once; exit code 2 if any."""
     from tpgrpo.config import load_config
     from tpgrpo.rewards import make_reward
+    from tpgrpo.stages.common import describe_window, window_check
     from tpgrpo.stages.prompts import check_prompts_for_reward, read_prompt_source
 
     cfg = load_config(config, overrides or [])
     make_reward(cfg.reward.spec)  # raises UserError on unknown rewards / bad params
     problems = check_prompts_for_reward(read_prompt_source(cfg.rollout.prompts), cfg.reward.spec)
+    problems += window_check(cfg)  # SPEC §2's floor on the model's grid, when its directory is here
     if problems:
         from tpgrpo.errors import ConfigError
 
         raise ConfigError(problems)
-    w0, w = cfg.sampling.window
+    window = describe_window(cfg)
     groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
     echo(f"{config}: valid")
     echo(
-        f"  {cfg.model.family} model {cfg.model.path}; T={cfg.sampling.num_steps}, window [{w0}, {w0 + w}), "
+        f"  {cfg.model.family} model {cfg.model.path}; T={cfg.sampling.num_steps}, {window}, "
         f"{cfg.sampling.sampler} a={cfg.sampling.noise_level}"
     )
     echo(

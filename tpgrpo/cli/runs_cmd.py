@@ -60,7 +60,7 @@ def show(
     root: RootOption = None,
 ) -> None:
     """A run in detail: config summary, per-iteration rewards and costs, rescored keys, evaluations."""
-    from tpgrpo.report.runs import run_info, stage_reached
+    from tpgrpo.report.runs import format_windows, run_info, run_windows, stage_reached
     from tpgrpo.storage.files import read_bytes
     from tpgrpo.storage.uri import filesystem_for
 
@@ -69,7 +69,7 @@ def show(
     cfg = info.config
     fs, path = filesystem_for(ctx.layout.run_json(), ctx.storage_options)
     stored = json.loads(read_bytes(fs, path))
-    w0, w = cfg.sampling.window
+    window = format_windows(run_windows(ctx), cfg)
     groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
     holder = info.holder
     status = info.status + (f" (pid {holder.get('pid')} on {holder.get('host')})" if holder else "")
@@ -80,7 +80,7 @@ def show(
         f"created    {_when(info.created)}  code {stored.get('code_version', '-')}",
         f"model      {cfg.model.family} {cfg.model.path} ({cfg.model.dtype}, {cfg.model.device}), "
         f"{cfg.model.height}x{cfg.model.width}",
-        f"sampling   T={cfg.sampling.num_steps}, window [{w0}, {w0 + w}), {cfg.sampling.sampler} "
+        f"sampling   T={cfg.sampling.num_steps}, window {window}, {cfg.sampling.sampler} "
         f"a={cfg.sampling.noise_level}, cfg {cfg.sampling.guidance_scale}, "
         f"eval steps {cfg.sampling.eval_steps}",
         f"rollout    {groups} prompt groups x G={cfg.rollout.group_size} per iteration "

@@ -11,6 +11,7 @@ import json
 
 from tpgrpo.errors import ConfigError, UserError
 from tpgrpo.flows.steps import RunContext
+from tpgrpo.stages.common import window_check
 from tpgrpo.stages.prompts import check_prompts_for_reward, read_prompt_source
 from tpgrpo.storage import validate_key
 from tpgrpo.storage.files import exists, read_bytes
@@ -49,7 +50,10 @@ def preflight(ctx: RunContext) -> None:
     - the reward: built as the score stage will build it (cached per process), so an unknown
       name, bad parameters, a storage key that is no valid path component, or a remote server
       that does not answer fail now;
-    - the prompt set: readable UTF-8, not empty, and scorable by the reward.
+    - the prompt set: readable UTF-8, not empty, and scorable by the reward;
+    - the SDE window on the model's grid (SPEC §2's floor), when the model is a local directory
+      (a hub id's grid is checked once it is loaded, before its first rollout). This refuses to train
+      a stored run whose explicit window breaks the floor; reading it (runs, audit, report) still works.
 
     Raises:
         UserError: the first kind of problem found (`ConfigError` lists every prompt problem).
@@ -63,6 +67,6 @@ def preflight(ctx: RunContext) -> None:
     check_pipeline_dir(resolve_model_path(cfg.model.path), cfg.model.family)
     validate_key(ctx.reward_key())
     rows = read_prompt_source(cfg.rollout.prompts)
-    problems = check_prompts_for_reward(rows, cfg.reward.spec)
+    problems = check_prompts_for_reward(rows, cfg.reward.spec) + window_check(cfg)
     if problems:
         raise ConfigError(problems)

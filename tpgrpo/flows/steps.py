@@ -19,9 +19,16 @@ from typing import Any
 from tpgrpo.algorithm import AnnotationConfig
 from tpgrpo.config import Config, ModelConfig
 from tpgrpo.errors import ConfigError, DataError, UserError
+from tpgrpo.schemas.updates import BY_STEP
 from tpgrpo.stages import annotate, branch, rollout, score, update
 from tpgrpo.stages.checkpoints import initial_state, load_adapter, load_checkpoint, write_checkpoint
-from tpgrpo.stages.common import annotate_config_hash, score_config_hash, shard_groups, stage_config_hash
+from tpgrpo.stages.common import (
+    annotate_config_hash,
+    score_config_hash,
+    shard_groups,
+    stage_config_hash,
+    window_check,
+)
 from tpgrpo.stages.prompts import check_prompts_for_reward, read_prompt_source
 from tpgrpo.storage import (
     RunLayout,
@@ -103,7 +110,8 @@ def init_run(ctx: RunContext, log: Log = _quiet) -> None:
 
     Raises:
         UserError: the run id exists with another config (pick another `--run-id`).
-        ConfigError: the prompt set is unreadable or the reward cannot score its prompts.
+        ConfigError: the prompt set is unreadable, the reward cannot score its prompts, or the SDE
+            window breaks SPEC §2's floor on the model's grid (a new run is not created then).
     """
     cfg, layout, opts = ctx.cfg, ctx.layout, ctx.storage_options
     fs, path = filesystem_for(layout.run_json(), opts)
@@ -116,7 +124,7 @@ def init_run(ctx: RunContext, log: Log = _quiet) -> None:
             )
     else:
         rows = read_prompt_source(cfg.rollout.prompts)
-        problems = check_prompts_for_reward(rows, cfg.reward.spec)
+        problems = check_prompts_for_reward(rows, cfg.reward.spec) + window_check(cfg)
         if problems:
             raise ConfigError(problems)
         record = {
@@ -397,6 +405,7 @@ UPDATE_COLUMNS = (
     "lr",
     "epoch",
     "samples",
+    *BY_STEP,
 )
 
 

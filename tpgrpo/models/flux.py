@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from tpgrpo.models.conditioning import Conditioning
-from tpgrpo.models.schedule import check_num_steps, scheduler_grid
+from tpgrpo.models.schedule import check_num_steps, family_grid
 from tpgrpo.models.vae import decode_latents, encode_pixels
 
 # Module-name suffixes (peft `target_modules`) adapted by LoRA in a `FluxTransformer2DModel`:
@@ -123,22 +123,9 @@ class FluxPolicy:
         Returns:
             `torch.Tensor`: float32 `[T + 1]`, `σ_0 = 1 > … > σ_T = 0` (see `models.schedule`).
         """
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-
         check_num_steps(num_steps)
         _, h, w = self.latent_shape(height, width)
-        config = self.pipeline.scheduler.config
-        sigmas: np.ndarray | None = np.linspace(1.0, 1 / num_steps, num_steps)  # [T] float64
-        if config.get("use_flow_sigmas", False):
-            sigmas = None
-        mu = calculate_shift(
-            (h // 2) * (w // 2),  # the packed latents' sequence length, `latents.shape[1]`
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
-        return scheduler_grid(self.pipeline.scheduler, retrieve_timesteps, num_steps, sigmas=sigmas, mu=mu)
+        return family_grid("flux", self.pipeline.scheduler, num_steps, (h, w), 1)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:

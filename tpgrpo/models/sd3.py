@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from tpgrpo.models.conditioning import Conditioning
-from tpgrpo.models.schedule import scheduler_grid
+from tpgrpo.models.schedule import family_grid
 from tpgrpo.models.vae import decode_latents, encode_pixels
 
 # the attention projections Flow-GRPO / TP-GRPO adapt in SD3 joint blocks (image and context streams)
@@ -86,24 +86,9 @@ class SD3Policy:
         Returns:
             `torch.Tensor`: float32 `[T + 1]`, `σ_0 = 1 > … > σ_T = 0` (see `models.schedule`).
         """
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
-            calculate_shift,
-            retrieve_timesteps,
-        )
-
         _, h, w = self.latent_shape(height, width)
-        config = self.pipeline.scheduler.config
-        kwargs: dict[str, Any] = {}
-        if config.get("use_dynamic_shifting", None):
-            patch = self.transformer.config.patch_size
-            kwargs["mu"] = calculate_shift(
-                (h // patch) * (w // patch),
-                config.get("base_image_seq_len", 256),
-                config.get("max_image_seq_len", 4096),
-                config.get("base_shift", 0.5),
-                config.get("max_shift", 1.16),
-            )
-        return scheduler_grid(self.pipeline.scheduler, retrieve_timesteps, num_steps, **kwargs)
+        patch = self.transformer.config.patch_size
+        return family_grid("sd3", self.pipeline.scheduler, num_steps, (h, w), patch)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:

@@ -1,7 +1,9 @@
 """`tpgrpo report`: PNG plots and one self-contained HTML page of a stored run.
 
 Written to `out/`: `rewards.png` (train and eval reward against iteration, model evaluations and
-wall-clock), `turning_points.png`, `strips_iter=NNNN.png` (example trajectories' branch images
+wall-clock), `turning_points.png`, `learning.png` (per trained step: gradient share and norm, clip
+fraction, non-zero advantages, and groups without reward spread; `report.health`),
+`strips_iter=NNNN.png` (example trajectories' branch images
 with their rewards), `eval_samples.png` (the latest evaluation per task) and `index.html`, which
 embeds all of them as data URIs so it can be mailed or archived as one file. Only stored data is
 read: model evaluations, timings and `created` stamps come from the manifests.
@@ -17,13 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from tpgrpo.report import html
-from tpgrpo.report.plots import Series, reward_curves, turning_point_plots
+from tpgrpo.report.health import format_health, read_health
+from tpgrpo.report.plots import Series, learning_plots, reward_curves, turning_point_plots
 from tpgrpo.report.runs import (
     RunInfo,
     checkpoint_or_none,
+    format_windows,
     manifest_or_none,
     parse_time,
     run_info,
+    run_windows,
     stage_reached,
 )
 from tpgrpo.report.stats import TurningPointStats, format_turning_points, read_turning_point_stats
@@ -208,7 +213,7 @@ def build_report(
     sections: list[str] = []
 
     # --- summary
-    w0, w = cfg.sampling.window
+    window = format_windows(run_windows(ctx), cfg)
     groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
     summary_rows = [
         ["status", f"{info.status}, {info.iterations_done}/{cfg.iterations} iterations done"],
@@ -219,7 +224,7 @@ def build_report(
         ],
         [
             "sampling",
-            f"T={cfg.sampling.num_steps}, window [{w0}, {w0 + w}), {cfg.sampling.sampler}, "
+            f"T={cfg.sampling.num_steps}, window {window}, {cfg.sampling.sampler}, "
             f"cfg {cfg.sampling.guidance_scale}",
         ],
         [
@@ -335,6 +340,31 @@ def build_report(
         sections.append(
             html.section("Turning points", html.paragraph(f"No {key}/{m} annotations yet.", True))
         )
+
+    # --- learning health
+    say("plotting learning health")
+    health = read_health(ctx, key, m)
+    health_parts = [
+        html.paragraph(
+            "Per trained step j: its share of the squared gradient (g_j² / Σ g², from the gradient norm of "
+            "each step's part of the loss, before clipping), the norms, the clip fraction and the share of "
+            "non-zero advantages, averaged over each iteration's optimizer steps; the dashed line is the "
+            "share of prompt groups whose rewards were all equal (no signal). tpgrpo audit health prints "
+            "the same.",
+            True,
+        )
+    ]
+    if health.iterations:
+        health_png = out / "learning.png"
+        learning_plots(health.iterations, str(health_png), f"{layout.run_id}: learning health ({key}, {m})")
+        files.images.append(health_png)
+        health_parts.append(html.image(health_png, "learning health by trained step"))
+        health_parts.append(html.preformatted(format_health(health, f"reward {key}, mode {m}")))
+    health_parts += [html.paragraph(f"Warning: {w}") for w in health.warnings]
+    health_parts += [html.paragraph(n, True) for n in health.notes]
+    if not health.warnings and health.iterations:
+        health_parts.append(html.paragraph("No warnings.", True))
+    sections.append(html.section("Learning health", *health_parts))
 
     # --- example strips
     strip_parts = []

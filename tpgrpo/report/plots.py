@@ -1,4 +1,4 @@
-"""Report plots (matplotlib, Agg backend): reward curves and turning-point statistics.
+"""Report plots (matplotlib, Agg backend): reward curves, turning-point statistics, learning health.
 
 Each function takes plain series (no storage access) and writes one PNG.
 """
@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tpgrpo.report.health import IterationHealth
 from tpgrpo.report.stats import TurningPointStats
 
 DPI = 110
@@ -145,6 +146,57 @@ def turning_point_plots(stats: Sequence[TurningPointStats], path: str, title: st
     ax.set_title("replacement vs plain increment")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def learning_plots(iterations: Sequence[IterationHealth], path: str, title: str) -> None:
+    """Four panels against iteration, one line per trained step j: share of the squared gradient,
+    gradient norm (log scale), clip fraction, and share of non-zero advantages beside the share of
+    prompt groups with zero reward std (no signal)."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(13, 7.5), dpi=DPI)
+    width = max((len(it.grad_norm_by_step or it.adv_abs_by_step or []) for it in iterations), default=0)
+    cmap = plt.get_cmap("viridis")
+    its = [it.iteration for it in iterations]
+    panels = (
+        (axes[0][0], "grad_share_by_step", "share of squared gradient", "gradient share by step", False),
+        (axes[0][1], "grad_norm_by_step", "gradient norm (before clipping)", "gradient norm by step", True),
+        (axes[1][0], "clip_frac_by_step", "clip fraction", "ratio clipped, by step", False),
+        (axes[1][1], "adv_nonzero_by_step", "share", "non-zero advantages by step", False),
+    )
+    for ax, attr, ylabel, name, log in panels:
+        for j in range(width):
+            ys = [
+                v[j] if (v := getattr(it, attr)) is not None and j < len(v) else np.nan for it in iterations
+            ]
+            if log:
+                ys = [y if y > 0 else np.nan for y in ys]
+            if not all(np.isnan(ys)):
+                ax.plot(its, ys, "o-", color=cmap(j / max(1, width - 1)), markersize=3, label=f"j={j}")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if its:
+            ax.set_xlim(min(its) - 0.5, max(its) + 0.5)
+        if 0 < len(its) <= 12:
+            ax.set_xticks(its)  # few iterations: each its own tick (the locator would add fractions)
+        else:
+            _integer_ticks(ax)
+        if log and ax.lines:
+            ax.set_yscale("log")
+    zero = [it.zero_std_groups if it.zero_std_groups is not None else np.nan for it in iterations]
+    if not all(np.isnan(zero)):
+        axes[1][1].plot(its, zero, "ks--", markersize=4, label="groups with zero std")
+    for ax in (axes[0][0], axes[1][1]):
+        ax.set_ylim(-0.03, 1.03)
+        if ax.lines:
+            ax.legend(fontsize=7, ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)

@@ -1,7 +1,9 @@
 """What is stored for a run: status, finished iterations, rewards, costs and evaluations.
 
 Reads only manifests (`_MANIFEST.json`, `_CHECKPOINT.json`) and `run.json`, never the Parquet data,
-so listing many runs stays cheap. Used by `tpgrpo runs`, `tpgrpo audit` and `tpgrpo report`.
+so listing many runs stays cheap; the one exception is `run_windows` (two integer columns of each
+rollouts dataset), which `runs show` and `report` call for one run. Used by `tpgrpo runs`,
+`tpgrpo audit` and `tpgrpo report`.
 """
 
 from __future__ import annotations
@@ -265,6 +267,56 @@ def finished_checkpoints(ctx: Any) -> list[int]:
         out.append(k)
         k += 1
     return out
+
+
+def rollout_window(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[int, int] | None:
+    """`(w0, W)` the finished rollouts dataset at `uri` was sampled with (None when it is unfinished).
+
+    The window is what the rollouts record, not what the config says: a `window_size: null` run
+    written before SPEC §2's floor rule has `W = T − 1`, one written after has the floor window.
+    """
+    from tpgrpo.storage import read_table
+
+    if manifest_or_none(uri, storage_options) is None:
+        return None
+    table = read_table(
+        uri, "rollouts", columns=["window_start", "window_size"], storage_options=storage_options
+    )
+    if table.num_rows == 0:
+        return None
+    return int(table.column("window_start")[0].as_py()), int(table.column("window_size")[0].as_py())
+
+
+def run_windows(ctx: Any) -> dict[int, tuple[int, int]]:
+    """Iteration -> the SDE window `(w0, W)` of its finished rollouts."""
+    out = {}
+    for i in ctx.layout.list_iterations():
+        window = rollout_window(ctx.layout.rollouts(i), ctx.storage_options)
+        if window is not None:
+            out[i] = window
+    return out
+
+
+def format_windows(windows: Mapping[int, tuple[int, int]], cfg: Any) -> str:
+    """The window(s) of a run in words: the stored ones by iteration range, or the config's rule."""
+    if not windows:
+        s = cfg.sampling
+        if s.window_size is None:
+            return f"default from step {s.window_start} (SPEC §2 floor, on the model's grid; no rollouts yet)"
+        return f"[{s.window_start}, {s.window_start + s.window_size}) (config; no rollouts yet)"
+    spans: list[tuple[int, int, tuple[int, int]]] = []  # (first, last iteration, window)
+    for i in sorted(windows):
+        if spans and spans[-1][2] == windows[i] and spans[-1][1] == i - 1:
+            spans[-1] = (spans[-1][0], i, windows[i])
+        else:
+            spans.append((i, i, windows[i]))
+    if len(spans) == 1:
+        w0, w = spans[0][2]
+        return f"[{w0}, {w0 + w})"
+    return "; ".join(
+        f"[{w0}, {w0 + w}) in iteration{'s' if a != b else ''} {a}{f'–{b}' if a != b else ''}"
+        for a, b, (w0, w) in spans
+    )
 
 
 def _float(value: Any) -> float | None:

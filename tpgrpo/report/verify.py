@@ -198,7 +198,6 @@ class _Verifier:
             self.fault(layout.checkpoint(0), "missing: every run starts from checkpoint 0")
         groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
         n = groups * cfg.rollout.group_size
-        w = cfg.sampling.window[1]
         iterations = layout.list_iterations()
         for i in range(max(iterations) + 1 if iterations else 0):
             if self.log:
@@ -216,24 +215,31 @@ class _Verifier:
             )
             if i in iterations and self.status(rollouts) == "missing":
                 self.fault(rollouts, "missing although the iteration directory exists")
+            w = self.window_size(rollouts)
             self.dataset(
                 branches,
                 "branches",
                 {"rollouts": rollouts},
                 stage_config_hash(cfg, "branch"),
-                rows=n * (w + 1),
+                rows=n * (w + 1) if w is not None else None,
             )
             for key in layout.list_rewards(i):
                 spec_hash = score_config_hash(cfg.reward.spec) if key == self.reward_key else None
                 rewards = layout.rewards(i, key)
-                self.dataset(rewards, "rewards", {"branches": branches}, spec_hash, rows=n * (w + 1))
+                self.dataset(
+                    rewards,
+                    "rewards",
+                    {"branches": branches},
+                    spec_hash,
+                    rows=n * (w + 1) if w is not None else None,
+                )
                 for mode in layout.list_annotations(i, key):
                     self.dataset(
                         layout.annotations(i, key, mode),
                         "annotations",
                         {"rewards": rewards, "rollouts": rollouts},
                         annotate_config_hash(cfg, mode),
-                        rows=n * w,
+                        rows=n * w if w is not None else None,
                     )
             update_inputs = {"rollouts": rollouts, "checkpoint": ckpt}
             annotations = layout.annotations(i, self.reward_key, cfg.reward.mode)
@@ -255,6 +261,23 @@ class _Verifier:
                 self.fault(layout.checkpoint(i + 1), f"missing although iteration {i}'s updates are finished")
         self.evals()
         return self.report
+
+    def window_size(self, rollouts: str) -> int | None:
+        """`W` of an iteration, as its verified rollouts record it (the config's explicit `W` when the
+        rollouts are missing or faulty; None, no row-count checks downstream, if neither is known).
+
+        A `window_size: null` run's `W` follows the rule of the code that sampled it (`T − 1` before
+        SPEC §2's floor, the floor window since), so only the rollouts can tell it."""
+        from tpgrpo.report.runs import rollout_window
+
+        if self._hashes.get(rollouts) is not None:
+            try:
+                window = rollout_window(rollouts, self.ctx.storage_options)
+            except DataError:  # already a fault of the rollouts (e.g. an edited manifest)
+                window = None
+            if window is not None:
+                return window[1]
+        return self.ctx.cfg.sampling.window_size
 
     def run_json(self) -> None:
         layout = self.ctx.layout

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tpgrpo.algorithm import AnnotationConfig, advantages, annotate, zero_advantage_mask
+from tpgrpo.algorithm import AnnotationConfig, advantages, annotate, zero_advantage_mask, zero_std_groups
 from tpgrpo.config import AdvantageConfig
 from tpgrpo.errors import DataError
 from tpgrpo.storage import DatasetWriter, read_table
@@ -106,6 +106,7 @@ def annotate_iteration(
         "turning_points": int(ann.turning_point.sum()),
         "kept": int(ann.kept.sum()),
         "zero_advantage_trajectories": int(zero_advantage_mask(adv).sum()),
+        "zero_std_groups": float(zero_std_groups(ann.step_reward, groups).mean()),
         "advantage_abs_mean": float(np.abs(adv).mean()),
     }
     if final_only:

@@ -14,8 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpgrpo.algorithm import Window, flow_match_sigmas
+from tpgrpo.algorithm import (
+    STEP_STD_FLOOR,
+    Window,
+    flow_match_sigmas,
+    grid_step_stds,
+    resolve_window,
+    window_problems,
+)
 from tpgrpo.config import Config
+from tpgrpo.errors import ConfigError
 from tpgrpo.storage.provenance import config_hash
 
 # the config sections a model stage's output depends on (its manifest's config hash); score and
@@ -107,8 +115,78 @@ class Grid:
         return float(self.sigmas[1])
 
 
-def make_grid(cfg: Config, policy: Any, num_steps: int | None = None) -> Grid:
-    """The rollout grid of `cfg` on `policy`'s sampling grid (or a pure-ODE grid of `num_steps`).
+def run_window(cfg: Config, sigmas: torch.Tensor) -> Window:
+    """The SDE window of `cfg` on the grid `sigmas` (SPEC §2): explicit, or the default floor window.
+
+    Raises:
+        ConfigError: the window breaks SPEC §2's floor or the grid (each problem names the step, its
+            std and the fix), or no step qualifies for the default window.
+    """
+    s = cfg.sampling
+    problems = window_problems(sigmas, s.sampler, s.noise_level, s.window_start, s.window_size)
+    if problems:
+        raise ConfigError(problems)
+    return resolve_window(sigmas, s.sampler, s.noise_level, s.window_start, s.window_size)
+
+
+def config_grid(cfg: Config) -> torch.Tensor | None:
+    """The training grid of `cfg`'s model read from its pipeline directory's configs (no weights),
+    or None when the model is no local directory (a hub id: its grid is known once it is loaded).
+
+    Raises:
+        UserError: an unknown `embedded:` model (`resolve_model_path`).
+        ValueError: the directory's scheduler, VAE or transformer config is unreadable.
+    """
+    from pathlib import Path
+
+    from tpgrpo.models.factory import resolve_model_path
+    from tpgrpo.models.schedule import directory_grid
+
+    path = resolve_model_path(cfg.model.path)
+    if not (Path(path) / "model_index.json").is_file():
+        return None
+    m = cfg.model
+    return directory_grid(path, m.family, cfg.sampling.num_steps, m.height, m.width)
+
+
+def window_check(cfg: Config) -> list[str]:
+    """The problems of `cfg`'s SDE window on its model's grid (SPEC §2), as early as the grid is
+    known: from the model directory's configs (`config_grid`); empty when the model is a hub id (then
+    `make_grid` checks it on the loaded model's grid, before any rollout)."""
+    try:
+        sigmas = config_grid(cfg)
+    except ValueError as err:
+        return [f"model.path: cannot build the sampling grid from {cfg.model.path!r}: {err}"]
+    if sigmas is None:
+        return []
+    s = cfg.sampling
+    return window_problems(sigmas, s.sampler, s.noise_level, s.window_start, s.window_size)
+
+
+def describe_window(cfg: Config) -> str:
+    """The window `cfg` trains, in words, e.g. `window [0, 8) (default: SPEC §2 floor 0.05, step 8 has
+    std 0.0080)`; the rule alone when the grid is unknown before loading (a hub id)."""
+    s = cfg.sampling
+    sigmas = config_grid(cfg)
+    if sigmas is None:
+        if s.window_size is None:
+            return f"window from step {s.window_start}: SPEC §2 default, set once the model's grid is loaded"
+        return f"window [{s.window_start}, {s.window_start + s.window_size}) (explicit)"
+    window = run_window(cfg, sigmas)
+    if s.window_size is not None:
+        return f"window [{window.start}, {window.start + window.size}) (explicit)"
+    stds = grid_step_stds(sigmas, s.sampler, s.noise_level)  # [T]
+    end = window.start + window.size
+    why = (
+        f"step {end} has std {float(stds[end]):.4f}"
+        if end < stds.shape[0] - 1
+        else f"the last step {end} is never trained"
+    )
+    return f"window [{window.start}, {end}) (default: SPEC §2 floor {STEP_STD_FLOOR}, {why})"
+
+
+def make_grid(cfg: Config, policy: Any) -> Grid:
+    """The rollout grid of `cfg` on `policy`'s sampling grid, with the window of SPEC §2.
 
     Args:
         cfg (`Config`): `sampling.num_steps`, the window and sampler, `model.height/width`.
@@ -116,16 +194,17 @@ def make_grid(cfg: Config, policy: Any, num_steps: int | None = None) -> Grid:
             its diffusers pipeline samples with (SD3: static shift; FLUX: shifted by image size).
             A bare number is taken as a static SD3 scheduler `shift` (`flow_match_sigmas`), for
             callers without a policy.
-        num_steps (`int`, *optional*): an ODE grid of this many steps with an empty window.
+
+    Raises:
+        ConfigError: the window breaks SPEC §2's floor on this grid (see `run_window`).
     """
-    steps = num_steps or cfg.sampling.num_steps
-    w0, w = cfg.sampling.window
-    window = Window(w0, w) if num_steps is None else Window(0, 0)
-    window.validate(steps, cfg.sampling.sampler)
+    steps = cfg.sampling.num_steps
     if isinstance(policy, int | float) and not isinstance(policy, bool):
         sigmas = flow_match_sigmas(steps, shift=float(policy))  # [T+1]
     else:
         sigmas = policy.sigmas(steps, cfg.model.height, cfg.model.width)  # [T+1]
+    window = run_window(cfg, sigmas)
+    window.validate(steps, cfg.sampling.sampler)
     return Grid(sigmas, window)
 
 

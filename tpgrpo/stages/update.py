@@ -9,11 +9,21 @@ run seed, iteration and epoch) and split into `update.optimizer_steps` equal par
 transitions accumulate, in micro-batches, into one optimizer step (grad-norm clipped). The EMA of
 the adapter is updated every `update.ema_every` optimizer steps.
 
+Per-step diagnostics: a part's transitions are processed step by step (`j = 0 … W−1`, each step's
+transitions in micro-batches of that step only), and the gradient accumulated over step `j` is
+taken out and kept apart (`StepGradients`): exactly the gradient of step `j`'s part of the loss,
+whose norm (before clipping) is `grad_norm_by_step[j]` of the `updates` row; the optimizer step
+uses their sum. Beside it: the clip fraction, mean |advantage| and share of non-zero advantages of
+each step's transitions.
+
 Data-parallel (`DataParallel`, under torchrun): every rank holds the same data, weights and
-optimizer; each takes a contiguous slice of every optimizer step's transitions, accumulates its
-micro-batches' gradients (each micro-batch weighted by its share of the *whole* step), and one
-all-reduce sums the ranks' gradients into the gradient of the single-process step. Every rank then
-takes the same clipped optimizer step. World size 1 is the single-process update, unchanged.
+optimizer; each takes a contiguous slice of every trained step's transitions of the optimizer step,
+accumulates its micro-batches' gradients (each micro-batch weighted by its share of the *whole*
+optimizer step), and after each trained step one all-reduce sums the ranks' gradients into that
+step's gradient of the single-process step: the per-step norms are those of the whole step, not
+per rank, and their sum is the step's full gradient. That costs `W` all-reduces of the adapter's
+gradient per optimizer step instead of one. Every rank then takes the same clipped optimizer step.
+World size 1 is the single-process update (no collective).
 """
 
 from __future__ import annotations
@@ -133,19 +143,6 @@ class DataParallel:
             torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
         return tensor
 
-    def all_reduce_grads_(self, params: list[torch.Tensor]) -> None:
-        """Sum the parameters' gradients over the ranks (one flat buffer, one collective)."""
-        if self.world_size == 1:
-            return
-        flat = torch.cat(
-            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
-        )  # [sum of numels]; a rank without transitions contributes zeros
-        self.all_reduce_(flat)
-        offset = 0
-        for p in params:
-            p.grad = flat[offset : offset + p.numel()].view_as(p)  # views of the reduced buffer
-            offset += p.numel()
-
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank (pickled; for small decisions only)."""
         if self.world_size == 1:
@@ -157,8 +154,10 @@ class DataParallel:
 
 @dataclass
 class StepStats:
-    """Sums over the transitions of one optimizer step (divided by `samples` when reported)."""
+    """Sums over the transitions of one optimizer step (divided by `samples` when reported), in total
+    and per trained step `j` (`steps` of them)."""
 
+    steps: int
     samples: int = 0
     loss: float = 0.0
     policy_loss: float = 0.0
@@ -166,9 +165,15 @@ class StepStats:
     clip_frac: float = 0.0
     approx_kl: float = 0.0
     ratio: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
+    samples_by_step: list[float] = field(default_factory=list)  # [W]
+    clipped_by_step: list[float] = field(default_factory=list)  # [W] clipped transitions
 
-    def add(self, n: int, out: Any) -> None:
+    def __post_init__(self) -> None:
+        self.samples_by_step = [0.0] * self.steps
+        self.clipped_by_step = [0.0] * self.steps
+
+    def add(self, j: int, n: int, out: Any) -> None:
+        """Add a micro-batch of `n` transitions of trained step `j` with loss output `out`."""
         self.samples += n
         self.loss += n * float(out.loss.detach())
         self.policy_loss += n * out.policy_loss
@@ -176,19 +181,27 @@ class StepStats:
         self.clip_frac += n * out.clip_frac
         self.approx_kl += n * out.approx_kl
         self.ratio += n * out.ratio_mean
+        self.samples_by_step[j] += n
+        self.clipped_by_step[j] += n * out.clip_frac
 
     def all_reduce_(self, dp: DataParallel, device: torch.device) -> None:
         """Sum the stats over the ranks (float64, so the sums are the single-process ones to rounding)."""
         if dp.world_size == 1:
             return
         values = [self.samples, self.loss, self.policy_loss, self.kl, self.clip_frac, self.approx_kl]
-        t = torch.tensor([*values, self.ratio], dtype=torch.float64, device=device)  # [7]
+        t = torch.tensor(
+            [*values, self.ratio, *self.samples_by_step, *self.clipped_by_step],
+            dtype=torch.float64,
+            device=device,
+        )  # [7 + 2W]
         dp.all_reduce_(t)
         out = t.tolist()
         self.samples = round(out[0])
-        self.loss, self.policy_loss, self.kl, self.clip_frac, self.approx_kl, self.ratio = out[1:]
+        self.loss, self.policy_loss, self.kl, self.clip_frac, self.approx_kl, self.ratio = out[1:7]
+        self.samples_by_step = out[7 : 7 + self.steps]
+        self.clipped_by_step = out[7 + self.steps :]
 
-    def row(self) -> dict[str, float]:
+    def row(self) -> dict[str, Any]:
         n = max(1, self.samples)
         return {
             "loss": self.loss / n,
@@ -197,7 +210,52 @@ class StepStats:
             "clip_frac": self.clip_frac / n,
             "approx_kl": self.approx_kl / n,
             "ratio_mean": self.ratio / n,
+            "clip_frac_by_step": [
+                c / m if m else 0.0 for c, m in zip(self.clipped_by_step, self.samples_by_step, strict=True)
+            ],
         }
+
+
+class StepGradients:
+    """The gradient of each trained step's part of an optimizer step's loss, kept apart.
+
+    The transitions of an optimizer step are backpropagated step by step; `close()` after the last
+    micro-batch of step `j` moves the gradients accumulated since the previous close (step `j`'s, on
+    this rank) out of the parameters into a running total, summed over the ranks first (one
+    all-reduce) so it is step `j`'s gradient of the whole optimizer step, and records its L2 norm.
+    `finish()` hands every parameter the total: the optimizer step's gradient, over all ranks (this
+    replaces one all-reduce of the whole gradient with one per trained step).
+
+    Args:
+        params (`list[torch.Tensor]`): the trainable parameters (the LoRA adapter).
+        dp (`DataParallel`): this rank's place.
+    """
+
+    def __init__(self, params: list[torch.Tensor], dp: DataParallel) -> None:
+        self.params = params
+        self.dp = dp
+        self.norms: list[float] = []  # [j] L2 norm of step j's gradient, before clipping
+        self._total: torch.Tensor | None = None  # [P] float32 sum of the closed steps' gradients
+
+    def close(self) -> None:
+        """Take the next trained step's gradient (every rank calls it, in step order)."""
+        step = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in self.params]
+        )  # [P] this rank's step gradient (a copy)
+        for p in self.params:
+            p.grad = None
+        self.dp.all_reduce_(step)  # [P] the step's gradient over all ranks
+        self.norms.append(float(torch.linalg.vector_norm(step)))
+        self._total = step if self._total is None else self._total.add_(step)
+
+    def finish(self) -> None:
+        """Every parameter's gradient becomes the sum of the closed steps' gradients."""
+        if self._total is None:
+            return
+        offset = 0
+        for p in self.params:
+            p.grad = self._total[offset : offset + p.numel()].view_as(p).to(p.dtype)  # views when float32
+            offset += p.numel()
 
 
 def _micro_batches(items: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
@@ -273,6 +331,15 @@ def set_gradient_checkpointing(transformer: Any, enabled: bool) -> None:
         transformer.disable_gradient_checkpointing()
 
 
+def advantage_by_step(adv: torch.Tensor) -> dict[str, list[float]]:
+    """Per trained step of `adv` `[n, W]` (an optimizer step's trajectories): the mean |advantage|
+    (`adv_abs_by_step`) and the share of non-zero advantages (`adv_nonzero_by_step`), `[W]` each."""
+    return {
+        "adv_abs_by_step": adv.abs().mean(dim=0).double().tolist(),  # [W]
+        "adv_nonzero_by_step": (adv != 0).double().mean(dim=0).tolist(),  # [W]
+    }
+
+
 def train_iteration(
     policy: Any,
     cfg: Config,
@@ -309,19 +376,25 @@ def train_iteration(
         for epoch in range(cfg.update.epochs):
             order = np.random.default_rng([cfg.seed, iteration, epoch, 2]).permutation(keep)
             for part in np.array_split(order, parts):
-                transitions = [(int(r), j) for r in part for j in range(data.window_size)]
-                if not transitions:
+                rows = [int(r) for r in part]
+                if not rows:
                     continue
-                stats = StepStats()
+                total_transitions = len(rows) * data.window_size
+                stats = StepStats(data.window_size)
                 optimizer.zero_grad(set_to_none=True)
-                lo, hi = dp.share(len(transitions))  # this rank's slice (all of it when alone)
-                for mb in _micro_batches(transitions[lo:hi], cfg.update.micro_batch):
-                    out = transition_loss(policy, cfg, data, mb, cond, uncond)
-                    # weighted by the micro-batch's share of the whole step: summed over micro-batches
-                    # and ranks, the gradient is that of the mean loss over the step's transitions
-                    (out.loss * (len(mb) / len(transitions))).backward()
-                    stats.add(len(mb), out)
-                dp.all_reduce_grads_(list(params.values()))
+                grads = StepGradients(list(params.values()), dp)
+                for j in range(data.window_size):  # step by step: per-step gradient norms
+                    step_items = [(r, j) for r in rows]
+                    lo, hi = dp.share(len(step_items))  # this rank's slice (all of it when alone)
+                    for mb in _micro_batches(step_items[lo:hi], cfg.update.micro_batch):
+                        out = transition_loss(policy, cfg, data, mb, cond, uncond)
+                        # weighted by the micro-batch's share of the whole optimizer step: summed over
+                        # micro-batches, steps and ranks, the gradient is that of the mean loss over
+                        # the optimizer step's transitions
+                        (out.loss * (len(mb) / total_transitions)).backward()
+                        stats.add(j, len(mb), out)
+                    grads.close()
+                grads.finish()
                 stats.all_reduce_(dp, policy.device)
                 grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.update.grad_clip)
                 if not torch.isfinite(grad_norm):
@@ -342,6 +415,8 @@ def train_iteration(
                         "lr": float(optimizer.param_groups[0]["lr"]),
                         "epoch": epoch,
                         "samples": stats.samples,
+                        "grad_norm_by_step": grads.norms,
+                        **advantage_by_step(data.advantages[rows]),
                     }
                 )
                 bar.update(1)

@@ -19,7 +19,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from tpgrpo.errors import DataError, UserError
-from tpgrpo.schemas import SCHEMAS, SchemaRef, schema_for
+from tpgrpo.schemas import SCHEMAS, SchemaRef, schema_for, stored_schema, upgrade
 from tpgrpo.storage.files import arrow_filesystem, is_local, list_files, names_io_failures
 from tpgrpo.storage.manifest import Manifest, content_hash, load_manifest, read_manifest
 from tpgrpo.storage.parts import is_data_file
@@ -28,13 +28,19 @@ from tpgrpo.storage.uri import filesystem_for
 BATCH_BYTES = 64 << 20  # default target size of a streamed record batch
 
 
-def check_schema(found: SchemaRef, expected: SchemaRef, uri: str) -> None:
+def check_schema(found: SchemaRef, expected: SchemaRef, uri: str, *, readable: bool = False) -> None:
     """Refuses a dataset whose schema name or version differs from the one expected.
+
+    Args:
+        readable (`bool`, defaults to False): also accept an older version this code still reads
+            (`tpgrpo.schemas.READABLE`), as readers do; writers of a dataset in place never do.
 
     Raises:
         `DataError`: naming both and what to do.
     """
     if found == expected:
+        return
+    if readable and found.name == expected.name and stored_schema(found) is not None:
         return
     if found.name != expected.name:
         hint = "this is another kind of dataset: check the path"
@@ -103,12 +109,14 @@ def check_parts(fs: fsspec.AbstractFileSystem, path: str, manifest: Manifest, ur
 def _finished(
     uri: str, schema_name: str, storage_options: Mapping[str, Any] | None, *, self_check: bool = True
 ) -> tuple[fsspec.AbstractFileSystem, str, Manifest, pa.Schema]:
-    schema = schema_for(schema_name)
+    """The checked manifest of a finished dataset and the schema its parts were written with."""
     fs, path = filesystem_for(uri, storage_options)
     manifest = load_manifest(fs, path)
     if manifest is None:
         manifest = read_manifest(uri, storage_options)  # raises the "not finished" DataError
-    check_schema(manifest.schema, SchemaRef.of(schema), uri)
+    check_schema(manifest.schema, SchemaRef.of(schema_for(schema_name)), uri, readable=True)
+    schema = stored_schema(manifest.schema)  # what the parts hold: current, or an older readable version
+    assert schema is not None  # check_schema accepted it
     if self_check:  # `verify_dataset` leaves it to the auditor, which reports it beside the rest
         check_manifest(manifest, uri)
     check_parts(fs, path, manifest, uri)
@@ -120,6 +128,10 @@ def open_dataset(
     uri: str, schema_name: str, *, storage_options: Mapping[str, Any] | None = None
 ) -> ds.Dataset:
     """Opens a finished dataset as a `pyarrow.dataset.Dataset` over exactly its manifest's parts.
+
+    The dataset has the schema its parts were written with: for a dataset of an older readable
+    version (`tpgrpo.schemas.READABLE`) that lacks the columns added since; `read_table` and
+    `iter_batches` return the current schema.
 
     Args:
         uri (`str`): the dataset directory.
@@ -167,6 +179,14 @@ def _diagnosed(fs: fsspec.AbstractFileSystem, path: str, manifest: Manifest, uri
 def _batches(batches: Iterator[pa.RecordBatch], fs: Any, path: str, manifest: Manifest, uri: str) -> Any:
     with _diagnosed(fs, path, manifest, uri):
         yield from batches
+
+
+def _upgraded(
+    batches: Iterator[pa.RecordBatch], schema_name: str, columns: list[str] | None
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of an older readable version as the current schema (added columns null)."""
+    for batch in batches:
+        yield from upgrade(pa.Table.from_batches([batch]), schema_name, columns).to_batches()
 
 
 def _open(
@@ -223,7 +243,10 @@ def read_table(
     selected = _check_columns(schema_name, columns)
     dataset, manifest, fs, path = _open(uri, schema_name, storage_options)
     with _diagnosed(fs, path, manifest, uri):
-        return dataset.to_table(columns=selected, filter=filter)
+        if dataset.schema.names == schema_for(schema_name).names:
+            return dataset.to_table(columns=selected, filter=filter)
+        stored = [c for c in (selected or schema_for(schema_name).names) if c in dataset.schema.names]
+        return upgrade(dataset.to_table(columns=stored, filter=filter), schema_name, selected)
 
 
 @names_io_failures("opening dataset")
@@ -253,10 +276,16 @@ def iter_batches(
     if batch_size is None:
         row_bytes = max(1, manifest.total_bytes // max(1, manifest.rows))
         batch_size = max(1, min(1 << 17, BATCH_BYTES // row_bytes))
+    if dataset.schema.names == schema_for(schema_name).names:
+        scanner = dataset.scanner(
+            columns=selected, filter=filter, batch_size=batch_size, batch_readahead=2, fragment_readahead=1
+        )
+        return _batches(iter(scanner.to_batches()), fs, path, manifest, uri)
+    stored = [c for c in (selected or schema_for(schema_name).names) if c in dataset.schema.names]
     scanner = dataset.scanner(
-        columns=selected, filter=filter, batch_size=batch_size, batch_readahead=2, fragment_readahead=1
+        columns=stored, filter=filter, batch_size=batch_size, batch_readahead=2, fragment_readahead=1
     )
-    return _batches(iter(scanner.to_batches()), fs, path, manifest, uri)
+    return _upgraded(_batches(iter(scanner.to_batches()), fs, path, manifest, uri), schema_name, selected)
 
 
 @names_io_failures("verifying dataset")

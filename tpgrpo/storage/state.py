@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from tpgrpo.errors import DataError
-from tpgrpo.schemas import SchemaRef, schema_for
+from tpgrpo.schemas import stored_schema
 from tpgrpo.storage.files import list_files, remove_file, remove_tree
 from tpgrpo.storage.manifest import MANIFEST_NAME, Manifest, load_manifest
 from tpgrpo.storage.reader import check_parts
@@ -40,8 +40,8 @@ def dataset_state(
         uri (`str`): the output dataset directory.
         inputs (`Mapping[str, str]`): input name -> manifest hash, as the stage would record them.
         config_hash (`str`): the stage's config hash.
-        schema_name (`str`, *optional*): when given, a finished dataset of another schema name or
-            version is `"stale"`.
+        schema_name (`str`, *optional*): when given, a finished dataset of another schema name, or of
+            a version this code does not read, is `"stale"`.
         storage_options (`Mapping[str, Any]`, *optional*): S3 options.
 
     Raises:
@@ -58,7 +58,11 @@ def dataset_state(
     if manifest is None:  # removed between the listing and the read: a concurrent clear
         return "debris"
     check_parts(fs, path, manifest, uri)
-    same_schema = schema_name is None or manifest.schema == SchemaRef.of(schema_for(schema_name))
+    # an older version still read (`tpgrpo.schemas.READABLE`) is as good as the current one: a run
+    # stored before a schema gained nullable columns resumes without redoing its finished stages
+    same_schema = schema_name is None or (
+        manifest.schema.name == schema_name and stored_schema(manifest.schema) is not None
+    )
     if same_schema and manifest.inputs == dict(inputs) and manifest.config_hash == config_hash:
         return "done"
     return "stale"
