@@ -120,3 +120,52 @@ def show(
     else:
         lines.append(f"evaluations none (run: tpgrpo evaluate --run {info.run_id})")
     echo("\n".join(lines))
+
+
+@app.command("invalidate")
+def invalidate(
+    run_id: Annotated[str, typer.Argument(help="Run id")],
+    start: Annotated[int, typer.Option("--from", min=0, help="First iteration whose outputs are cleared")],
+    after: Annotated[
+        str | None,
+        typer.Option(
+            "--after",
+            help="Keep iteration --from's outputs up to this stage (rollout | branch | score | annotate) "
+            "[default: clear the whole iteration]",
+        ),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Remove them (without it: only list them)")] = False,
+    root: RootOption = None,
+) -> None:
+    """Clear what was built from a rebuilt input that differs: iteration --from on, later checkpoints
+    and their evaluations. `tpgrpo train` then rebuilds them. Without --yes, only lists them."""
+    from tpgrpo.errors import UserError
+    from tpgrpo.report.runs import checkpoint_or_none, config_reward_key
+    from tpgrpo.storage.invalidate import invalidate as remove
+    from tpgrpo.storage.invalidate import plan_invalidation
+    from tpgrpo.storage.lock import run_lock
+
+    ctx = load_run(run_id, root)
+    layout = ctx.layout
+    if checkpoint_or_none(layout.checkpoint(start), ctx.storage_options) is None:
+        raise UserError(
+            f"checkpoint {start} of run {run_id!r} is not finished: iteration {start} has nothing to be "
+            "rebuilt from; pick an earlier --from"
+        )
+    targets = plan_invalidation(layout, start, after, config_reward_key(ctx))
+    prefix = layout.run_dir.rstrip("/") + "/"
+    if not targets:
+        where = f"stage {after} of iteration {start}" if after else f"iteration {start}"
+        echo(f"run {run_id}: nothing stored from {where} on")
+        return
+    if not yes:
+        echo(f"run {run_id}: would remove {len(targets)} folder(s):")
+        for uri in targets:
+            echo(f"  {uri.removeprefix(prefix)}")
+        echo("rerun with --yes to remove them; then train again to rebuild them")
+        return
+    with run_lock(layout.lock(), ctx.storage_options):  # never under a running train
+        remove(layout, targets)
+    for uri in targets:
+        echo(f"removed {uri.removeprefix(prefix)}")
+    echo(f"run {run_id}: invalidated from iteration {start}; run the same tpgrpo train command to rebuild")

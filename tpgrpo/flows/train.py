@@ -65,7 +65,7 @@ def shard_task(ctx: RunContext, p: Plan, shard: int, num_shards: int) -> dict[st
 
 @task(name="finalize", **_TASK)  # type: ignore[call-overload]
 def finalize_task(ctx: RunContext, p: Plan, stats: list[dict[str, float]]) -> dict[str, Any]:
-    manifest = steps.finalize(ctx, p, stats)
+    manifest = steps.finalize(ctx, p, stats, _log)
     return {"rows": manifest.rows, "model_evals": manifest.model_evals, "metrics": manifest.metrics}
 
 

@@ -159,6 +159,12 @@ class RunLayout:
         found = (_ITER_DIR.fullmatch(name) for name in list_dirs(fs, path))
         return sorted(int(m.group(1)) for m in found if m)
 
+    def list_checkpoints(self) -> list[int]:
+        """The checkpoints that have a directory under `checkpoints/`, ascending."""
+        fs, path = filesystem_for(join_uri(self.run_dir, "checkpoints"), self.storage_options)
+        found = (_ITER_DIR.fullmatch(name) for name in list_dirs(fs, path))
+        return sorted(int(m.group(1)) for m in found if m)
+
     def _subdirs(self, uri: str, pattern: re.Pattern[str]) -> list[str]:
         fs, path = filesystem_for(uri, self.storage_options)
         return [name for name in list_dirs(fs, path) if pattern.fullmatch(name) and ".." not in name]
