@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,26 +43,34 @@ def load_run(run_id: str, root: str | None) -> Any:
 
     Raises:
         UserError: no such run (lists the runs there are).
+        DataError: its `run.json` is damaged, or holds a config this version refuses.
     """
     from tpgrpo.config import load_config_data
+    from tpgrpo.errors import ConfigError, DataError
     from tpgrpo.flows.steps import RunContext
-    from tpgrpo.storage import RunLayout, list_runs
-    from tpgrpo.storage.files import exists, read_bytes
-    from tpgrpo.storage.uri import filesystem_for
+    from tpgrpo.storage import RunLayout, list_runs, read_run_record
 
     base = resolve_root(root)
     layout = RunLayout(base, run_id)
-    fs, path = filesystem_for(layout.run_json())
-    if not exists(fs, path):
+    record = read_run_record(layout)
+    if record is None:
         known = list_runs(base)
         hint = f"runs under {base}: {', '.join(known)}" if known else f"no runs under {base}"
         raise UserError(f"unknown run {run_id!r} ({hint}); pass --run with one of them, or --root")
-    data = json.loads(read_bytes(fs, path))["config"]
-    s3 = data.get("storage", {}).get("s3", {})
-    for key, value in list(s3.items()):
+    data = record["config"]
+    s3 = data.get("storage", {}).get("s3", {}) if isinstance(data.get("storage"), dict) else {}
+    for key, value in list(s3.items() if isinstance(s3, dict) else ()):
         if value == "<redacted>":  # credentials are never stored: the AWS environment supplies them
             s3[key] = None
-    cfg = load_config_data(data)
+    try:
+        cfg = load_config_data(data)
+    except ConfigError as err:
+        version = record.get("code_version", "an unknown version")
+        raise DataError(
+            f"run {run_id!r}: {layout.run_json()} holds a config this tpgrpo refuses "
+            f"({'; '.join(err.problems)}); it was written by {version}: read the run with that "
+            "version, or restore run.json from a backup"
+        ) from None
     return RunContext.create(cfg, run_id, base)
 
 

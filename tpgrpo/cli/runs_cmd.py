@@ -22,7 +22,10 @@ def _when(stamp: Any) -> str:
 
 @app.command("list")
 def list_runs(root: RootOption = None) -> None:
-    """One line per run under the root: status, iterations done, last train/eval reward."""
+    """One line per run under the root: status, iterations done, last train/eval reward.
+
+    A damaged run gets one line saying so and what to do; every other run is still listed, and the
+    exit code is then 1."""
     from tpgrpo.errors import TpgrpoError
     from tpgrpo.report.runs import run_info
     from tpgrpo.storage import list_runs as stored_runs
@@ -37,11 +40,13 @@ def list_runs(root: RootOption = None) -> None:
         f"  {'MODEL':<24}{'CREATED':<16}"
     )
     echo(header.rstrip())
+    damaged = 0
     for run_id in ids:
         try:
             info = run_info(load_run(run_id, base))
         except TpgrpoError as err:  # one unreadable run must not hide the others
-            echo(f"{run_id:<20}{'unreadable':<13}{'-':>7}  {str(err)[:80]}")
+            echo(f"{run_id:<20}{'damaged':<13}{'-':>7}  {err}")
+            damaged += 1
             continue
         cfg = info.config
         last, ev = info.last, info.last_eval()
@@ -52,6 +57,8 @@ def list_runs(root: RootOption = None) -> None:
             f"{_num(ev.metrics.get('score') if ev else None):>10}"
             f"  {cfg.model.path[-24:]:<24}{_when(info.created)}"
         )
+    if damaged:  # every run is listed; the exit code tells a script that some could not be read
+        raise typer.Exit(1)
 
 
 @app.command("show")
@@ -61,14 +68,12 @@ def show(
 ) -> None:
     """A run in detail: config summary, per-iteration rewards and costs, rescored keys, evaluations."""
     from tpgrpo.report.runs import run_info, stage_reached
-    from tpgrpo.storage.files import read_bytes
-    from tpgrpo.storage.uri import filesystem_for
+    from tpgrpo.storage import read_run_record
 
     ctx = load_run(run_id, root)
     info = run_info(ctx)
     cfg = info.config
-    fs, path = filesystem_for(ctx.layout.run_json(), ctx.storage_options)
-    stored = json.loads(read_bytes(fs, path))
+    stored = read_run_record(ctx.layout) or {}
     w0, w = cfg.sampling.window
     groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
     holder = info.holder

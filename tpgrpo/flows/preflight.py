@@ -7,33 +7,21 @@ Prefect task (whose failure would be logged with a traceback). Everything here o
 
 from __future__ import annotations
 
-import json
-
 from tpgrpo.errors import ConfigError, UserError
 from tpgrpo.flows.steps import RunContext
 from tpgrpo.stages.prompts import check_prompts_for_reward, read_prompt_source
-from tpgrpo.storage import validate_key
-from tpgrpo.storage.files import exists, read_bytes
-from tpgrpo.storage.uri import filesystem_for
+from tpgrpo.storage import read_run_record, validate_key
 
 
 def check_existing_run(ctx: RunContext) -> None:
     """A run id that exists must hold this config (same hash) to be resumed.
 
     Raises:
-        UserError: the run exists with another config, or its `run.json` is unreadable.
+        UserError: the run exists with another config.
+        DataError: its `run.json` is damaged.
     """
-    fs, path = filesystem_for(ctx.layout.run_json(), ctx.storage_options)
-    if not exists(fs, path):
-        return
-    try:
-        stored = json.loads(read_bytes(fs, path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(
-            f"{ctx.layout.run_json()} is not valid JSON ({err}); this run id cannot be resumed: "
-            "use another --run-id"
-        ) from None
-    if not isinstance(stored, dict) or stored.get("config_hash") != ctx.cfg.hash():
+    stored = read_run_record(ctx.layout)
+    if stored is not None and stored.get("config_hash") != ctx.cfg.hash():
         raise UserError(
             f"run {ctx.layout.run_id!r} already exists with a different config "
             f"(see {ctx.layout.run_json()}); use another --run-id, or the same config to resume it"

@@ -29,10 +29,11 @@ from tpgrpo.storage import (
     manifest_hash,
     prepare_output,
     read_manifest,
+    read_run_record,
     write_dataset,
 )
 from tpgrpo.storage.blobs import blob_state, clear_blobs, read_blob_manifest
-from tpgrpo.storage.files import exists, read_bytes, write_atomic
+from tpgrpo.storage.files import write_atomic
 from tpgrpo.storage.provenance import code_version
 from tpgrpo.storage.uri import filesystem_for
 
@@ -107,8 +108,8 @@ def init_run(ctx: RunContext, log: Log = _quiet) -> None:
     """
     cfg, layout, opts = ctx.cfg, ctx.layout, ctx.storage_options
     fs, path = filesystem_for(layout.run_json(), opts)
-    if exists(fs, path):
-        stored = json.loads(read_bytes(fs, path))
+    stored = read_run_record(layout)
+    if stored is not None:
         if stored.get("config_hash") != cfg.hash():
             raise UserError(
                 f"run {layout.run_id!r} already exists with a different config (see {layout.run_json()}); "

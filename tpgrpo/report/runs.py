@@ -6,7 +6,6 @@ so listing many runs stays cheap. Used by `tpgrpo runs`, `tpgrpo audit` and `tpg
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,9 +13,9 @@ from datetime import datetime
 from typing import Any
 
 from tpgrpo.errors import DataError
-from tpgrpo.storage import MANIFEST_NAME, Manifest, RunLayout, read_manifest
+from tpgrpo.storage import MANIFEST_NAME, Manifest, RunLayout, read_manifest, read_run_record
 from tpgrpo.storage.blobs import BLOB_MANIFEST, BlobManifest, read_blob_manifest
-from tpgrpo.storage.files import exists, list_files, read_bytes
+from tpgrpo.storage.files import list_files
 from tpgrpo.storage.lock import lease_holder
 from tpgrpo.storage.uri import filesystem_for
 
@@ -152,11 +151,14 @@ def config_reward_key(ctx: Any) -> str:
 
 
 def run_created(layout: RunLayout, storage_options: Mapping[str, Any] | None = None) -> datetime | None:
-    """The `created` stamp of `run.json`."""
-    fs, path = filesystem_for(layout.run_json(), storage_options)
-    if not exists(fs, path):
-        return None
-    return parse_time(json.loads(read_bytes(fs, path)).get("created"))
+    """The `created` stamp of `run.json`.
+
+    Raises:
+        `DataError`: `run.json` is damaged.
+    """
+    record = read_run_record(RunLayout(layout.root, layout.run_id, storage_options))
+    created = record.get("created") if record is not None else None
+    return parse_time(created if isinstance(created, str) else None)
 
 
 def iteration_record(ctx: Any, iteration: int, reward_key: str) -> IterationRecord:

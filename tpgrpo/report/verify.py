@@ -257,12 +257,16 @@ class _Verifier:
         return self.report
 
     def run_json(self) -> None:
+        from tpgrpo.storage import read_run_record
+
         layout = self.ctx.layout
-        fs, path = filesystem_for(layout.run_json(), self.ctx.storage_options)
         try:
-            stored = json.loads(read_bytes(fs, path))
-        except (FileNotFoundError, json.JSONDecodeError) as err:
-            self.fault(layout.run_json(), f"unreadable ({type(err).__name__})")
+            stored = read_run_record(layout)
+        except DataError as err:
+            self.fault(layout.run_json(), str(err))
+            return
+        if stored is None:
+            self.fault(layout.run_json(), "missing: the run was never initialised")
             return
         # Config.hash() of the config as stored (this code's defaults may add keys since; see `dataset`)
         as_stored = hashlib.sha256(json.dumps(stored.get("config"), sort_keys=True).encode()).hexdigest()
