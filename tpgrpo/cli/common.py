@@ -26,7 +26,13 @@ SetOption = Annotated[
 
 
 def resolve_root(root: str | None, config_root: str | None = None) -> str:
-    """--root, else $TPGRPO_ROOT, else the config's storage.root, else ./runs."""
+    """--root, else $TPGRPO_ROOT (when not empty), else the config's storage.root, else ./runs.
+
+    Raises:
+        UserError: `--root ""` (an empty root is a mistake, never "the default").
+    """
+    if root is not None and not root.strip():
+        raise UserError("--root is empty; give a local path or s3://bucket/prefix, or leave it out")
     return root or os.environ.get("TPGRPO_ROOT") or config_root or "./runs"
 
 

@@ -44,7 +44,7 @@ def train(
     echo(f"run finished: {result['iterations']} iteration(s) in {run_dir}")
     echo(f"  datasets:  {run_dir}/iter=NNNN/{{rollouts,branches,rewards,annotations,updates}}")
     echo(f"  adapters:  {run_dir}/checkpoints/")
-    echo(f"  inspect:   tpgrpo runs show {run_id or cfg.name} --root {base}")
+    echo(f"  inspect:   tpgrpo runs show {cfg.name if run_id is None else run_id} --root {base}")
 
 
 def stage(

@@ -32,6 +32,7 @@ def preflight(ctx: RunContext) -> None:
     """Everything about a run that can be checked before its first byte is written.
 
     - the run id (already validated by `RunLayout`) and, for an existing run, the same config;
+    - the device: this machine has `model.device` (and a GPU per data-parallel process);
     - the model: a local `model.path` must be a pipeline directory of `model.family` with
       safetensors weights (a hub id is left to loading);
     - the reward: built as the score stage will build it (cached per process), so an unknown
@@ -43,11 +44,13 @@ def preflight(ctx: RunContext) -> None:
         UserError: the first kind of problem found (`ConfigError` lists every prompt problem).
         RewardError: the reward could not be reached (e.g. its server is down).
     """
+    from tpgrpo.models.devices import check_model_device
     from tpgrpo.models.factory import resolve_model_path
     from tpgrpo.models.pipeline import check_pipeline_dir
 
     cfg = ctx.cfg
     check_existing_run(ctx)
+    check_model_device(cfg)
     check_pipeline_dir(resolve_model_path(cfg.model.path), cfg.model.family)
     validate_key(ctx.reward_key())
     rows = read_prompt_source(cfg.rollout.prompts)

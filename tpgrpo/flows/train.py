@@ -139,7 +139,8 @@ def train(
 
     Bad input (see `preflight`) fails before the lock is taken: nothing is written then.
     """
-    ctx = RunContext.create(cfg, run_id or cfg.name, root)
+    # an empty run id is a mistake (RunLayout refuses it), never "the config's name"
+    ctx = RunContext.create(cfg, cfg.name if run_id is None else run_id, root)
     n = iterations if iterations is not None else cfg.iterations
     preflight(ctx)
     with run_lock(ctx.layout.lock(), ctx.storage_options):
