@@ -50,6 +50,7 @@ def rescore(
     """
     from tpgrpo.flows.rescore import rescore as run_rescore
     from tpgrpo.report.runs import config_reward_key, manifest_or_none
+    from tpgrpo.report.select import skipped_error
 
     ctx = load_run(run, root)
     result = run_rescore(ctx, reward, iters=iters, modes=mode, force=force)
@@ -67,6 +68,15 @@ def rescore(
             )
     echo(f"scores:      {ctx.layout.run_dir}/iter=NNNN/rewards/{key}")
     echo(f"annotations: {ctx.layout.run_dir}/iter=NNNN/annotations/{key}/<mode>")
+    _fail_on_skips(run, result["skipped"], sorted(result["iterations"]), skipped_error)
+
+
+def _fail_on_skips(run: str, skipped: dict[int, str], done: list[int], error: Any) -> None:
+    """Name every skipped iteration on its own line (stderr), then fail: never a silent partial result."""
+    for i, reason in sorted(skipped.items()):
+        typer.echo(f"skipped iteration {i}: {reason}", err=True)
+    if skipped:
+        raise error(run, skipped, done)
 
 
 def annotate(
@@ -87,16 +97,17 @@ def annotate(
     """Re-annotate stored scores with another reward mode (an ablation: seconds of CPU, no sampling)."""
     from tpgrpo.flows.rescore import guard_training_data
     from tpgrpo.flows.steps import annotate_step
-    from tpgrpo.report.runs import finished_iterations
-    from tpgrpo.report.select import check_modes, check_reward_key, select_iterations
+    from tpgrpo.report.runs import usable_iterations
+    from tpgrpo.report.select import check_modes, check_reward_key, select_with_skips, skipped_error
     from tpgrpo.storage.lock import run_lock
 
     ctx = load_run(run, root)
     modes = check_modes(mode)
     stored = sorted({k for i in ctx.layout.list_iterations() for k in ctx.layout.list_rewards(i)})
     key = check_reward_key(reward, stored, run_id=run)
-    iterations = select_iterations(
-        iters, finished_iterations(ctx, "rewards", key), run_id=run, what=f"stored {key!r} scores"
+    usable, unusable = usable_iterations(ctx, ("rollouts", "rewards"), key)
+    iterations, skipped = select_with_skips(
+        iters, usable, unusable, run_id=run, what=f"stored {key!r} scores"
     )
     guard_training_data(ctx, key, modes, force)
     echo(f"{'iter':>4}  {'mode':<15}{'initial':>10}{'final':>10}{'tps':>6}{'kept':>6}{'zero-adv':>10}")
@@ -110,6 +121,7 @@ def annotate(
                     f"{metrics.get('kept', 0):>6}{metrics.get('zero_advantage_trajectories', 0):>10}"
                 )
     echo(f"annotations: {ctx.layout.run_dir}/iter=NNNN/annotations/{key}/<mode>")
+    _fail_on_skips(run, skipped, iterations, skipped_error)
 
 
 def evaluate(

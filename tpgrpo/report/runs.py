@@ -259,6 +259,42 @@ def finished_iterations(ctx: Any, stage: str, reward_key: str | None = None) -> 
     return out
 
 
+def usable_iterations(
+    ctx: Any, stages: tuple[str, ...], reward_key: str | None = None
+) -> tuple[list[int], dict[int, str]]:
+    """Every stored iteration, split by whether its `stages` datasets (`rewards`: of `reward_key`)
+    are finished and readable.
+
+    Returns:
+        (`list[int]`, `dict[int, str]`): the usable iterations, and for each other one what is wrong
+        with its inputs, one line (missing, unfinished, or an unreadable manifest).
+    """
+    layout, opts = ctx.layout, ctx.storage_options
+    prefix = layout.run_dir.rstrip("/") + "/"
+    usable: list[int] = []
+    unusable: dict[int, str] = {}
+    for i in layout.list_iterations():
+        problems = []
+        for stage in stages:
+            uri = layout.rewards(i, reward_key or "") if stage == "rewards" else getattr(layout, stage)(i)
+            where = uri.removeprefix(prefix)
+            status = dataset_status(uri, opts)
+            if status == "missing":
+                problems.append(f"{where} is missing")
+            elif status == "debris":
+                problems.append(f"{where} is unfinished (its stage was interrupted)")
+            else:
+                try:
+                    read_manifest(uri, opts)
+                except DataError as err:
+                    problems.append(str(err).removeprefix(prefix))
+        if problems:
+            unusable[i] = "; ".join(problems)
+        else:
+            usable.append(i)
+    return usable, unusable
+
+
 def finished_checkpoints(ctx: Any) -> list[int]:
     """The checkpoint indices `K` whose `checkpoints/iter=K` is finished (0 is the base model)."""
     out = []
