@@ -55,15 +55,18 @@ def trajectory(
     root: RootOption = None,
 ) -> None:
     """One trajectory: boundary rewards, increments, turning points, step rewards and advantages."""
+    from tpgrpo.cli.common import check_output_file
     from tpgrpo.report.select import check_iteration
     from tpgrpo.report.trajectory import format_trajectory, load_trajectory, trajectory_strip
 
+    if png is not None:
+        check_output_file(png, "--png", ".png")
     ctx = load_run(run, root)
     key, m = key_and_mode(ctx, reward, mode)
     check_iteration(iteration, annotated_iterations(ctx, key, m), run_id=run, what=f"{key}/{m} annotations")
     audit = load_trajectory(ctx, iteration, traj, key, m)
     echo(format_trajectory(audit))
-    if png:
+    if png is not None:
         trajectory_strip(ctx, audit).save(png)
         echo(f"png: {png}")
 

@@ -36,6 +36,57 @@ def resolve_root(root: str | None, config_root: str | None = None) -> str:
     return root or os.environ.get("TPGRPO_ROOT") or config_root or "./runs"
 
 
+def _first_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_file(path: str, option: str, suffix: str) -> None:
+    """A local file a command will write (e.g. `--png`): checked before any work, so a mistake never
+    surfaces as an I/O failure after it.
+
+    Raises:
+        UserError: empty, not ending in `suffix`, an existing folder, its folder missing or not
+            writable.
+    """
+    if not path.strip():
+        raise UserError(f"{option} is empty; give a file path ending in {suffix}")
+    if "://" in path:
+        raise UserError(f"{option} {path!r} must be a local file path (ending in {suffix})")
+    target = Path(path).expanduser()
+    if target.suffix.lower() != suffix:
+        raise UserError(f"{option} {path!r} must end in {suffix}")
+    if target.is_dir():
+        raise UserError(f"{option} {path!r} is a folder; give a file path ending in {suffix}")
+    folder = target.parent
+    if not folder.is_dir():
+        raise UserError(
+            f"{option} {path!r}: folder {str(folder)!r} does not exist; create it or pick another path"
+        )
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{option} {path!r}: folder {str(folder)!r} is not writable; pick another path")
+
+
+def check_output_dir(path: str, option: str) -> None:
+    """A local folder a command will create or fill (e.g. `report --out`), checked before any work.
+
+    Raises:
+        UserError: empty, an S3 URI, an existing file, below a file, or not writable.
+    """
+    if not path.strip():
+        raise UserError(f"{option} is empty; give a local folder, or leave it out")
+    if "://" in path:
+        raise UserError(f"{option} {path!r} must be a local folder (the report is written on this machine)")
+    target = Path(path).expanduser()
+    existing = _first_existing(target)
+    if not existing.is_dir():
+        what = "is a file" if existing == target else f"lies below {str(existing)!r}, which is a file"
+        raise UserError(f"{option} {path!r} {what}; give a folder")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"{option} {path!r}: {str(existing)!r} is not writable; pick another folder")
+
+
 def default_config_path() -> str:
     """`configs/tiny.yaml` of the working directory, else the one next to the package (checkout)."""
     if Path(DEFAULT_CONFIG).is_file():
@@ -48,16 +99,19 @@ def load_run(run_id: str, root: str | None) -> Any:
     """The `RunContext` of a stored run, its config read back from `run.json`.
 
     Raises:
-        UserError: no such run (lists the runs there are).
+        UserError: no such run (lists the runs there are); `StorageAccessError` when the root cannot
+            be used (no S3 credentials, endpoint unreachable, no bucket, a file).
         DataError: its `run.json` is damaged, or holds a config this version refuses.
     """
     from tpgrpo.config import load_config_data
     from tpgrpo.errors import ConfigError, DataError
     from tpgrpo.flows.steps import RunContext
     from tpgrpo.storage import RunLayout, list_runs, read_run_record
+    from tpgrpo.storage.access import check_root
 
     base = resolve_root(root)
     layout = RunLayout(base, run_id)
+    check_root(base)
     record = read_run_record(layout)
     if record is None:
         known = list_runs(base)

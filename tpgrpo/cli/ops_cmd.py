@@ -48,10 +48,12 @@ def rescore(
 
     Nothing is generated and the run's own datasets are only read. Finished outputs are skipped.
     """
+    from tpgrpo.cli.console import quiet_expected_failures
     from tpgrpo.flows.rescore import rescore as run_rescore
     from tpgrpo.report.runs import config_reward_key, manifest_or_none
     from tpgrpo.report.select import skipped_error
 
+    quiet_expected_failures()
     ctx = load_run(run, root)
     result = run_rescore(ctx, reward, iters=iters, modes=mode, force=force)
     key, own = result["reward_key"], config_reward_key(ctx)
@@ -148,8 +150,10 @@ def evaluate(
     root: RootOption = None,
 ) -> None:
     """Evaluate checkpoints: ODE samples of held-out prompts with the EMA weights, scored per task."""
+    from tpgrpo.cli.console import quiet_expected_failures
     from tpgrpo.flows.evaluate import run_evaluation
 
+    quiet_expected_failures()
     ctx = load_run(run, root)
     results = run_evaluation(
         ctx,

@@ -29,8 +29,10 @@ def list_runs(root: RootOption = None) -> None:
     from tpgrpo.errors import TpgrpoError
     from tpgrpo.report.runs import run_info
     from tpgrpo.storage import list_runs as stored_runs
+    from tpgrpo.storage.access import check_root
 
     base = resolve_root(root)
+    check_root(base)  # a root that is a file, or S3 without credentials, is an error, not "no runs"
     ids = stored_runs(base)
     if not ids:
         echo(f"no runs under {base} (start one with: tpgrpo train --root {base})")

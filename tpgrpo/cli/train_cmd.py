@@ -34,8 +34,11 @@ def train(
 
     Running the same command again resumes: finished stages are skipped, crash debris is redone.
     """
+    from tpgrpo.cli.console import quiet_expected_failures
     from tpgrpo.config import load_config
     from tpgrpo.flows.train import train as run_train
+
+    quiet_expected_failures()
 
     cfg = load_config(config or default_config_path(), overrides or [])
     base = resolve_root(root, cfg.storage.root)

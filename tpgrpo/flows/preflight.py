@@ -31,6 +31,7 @@ def check_existing_run(ctx: RunContext) -> None:
 def preflight(ctx: RunContext) -> None:
     """Everything about a run that can be checked before its first byte is written.
 
+    - the runs root: reachable, with credentials, bucket and access (S3), not a file (local);
     - the run id (already validated by `RunLayout`) and, for an existing run, the same config;
     - the device: this machine has `model.device` (and a GPU per data-parallel process);
     - the model: a local `model.path` must be a pipeline directory of `model.family` with
@@ -41,14 +42,17 @@ def preflight(ctx: RunContext) -> None:
     - the prompt set: readable UTF-8, not empty, and scorable by the reward.
 
     Raises:
-        UserError: the first kind of problem found (`ConfigError` lists every prompt problem).
+        UserError: the first kind of problem found (`ConfigError` lists every prompt problem,
+            `StorageAccessError` names what the runs root lacks).
         RewardError: the reward could not be reached (e.g. its server is down).
     """
     from tpgrpo.models.devices import check_model_device
     from tpgrpo.models.factory import resolve_model_path
     from tpgrpo.models.pipeline import check_pipeline_dir
+    from tpgrpo.storage.access import check_root
 
     cfg = ctx.cfg
+    check_root(ctx.layout.root, ctx.storage_options)
     check_existing_run(ctx)
     check_model_device(cfg)
     check_pipeline_dir(resolve_model_path(cfg.model.path), cfg.model.family)

@@ -21,6 +21,7 @@ from tpgrpo.flows import steps
 from tpgrpo.flows.runner import task_runner_for
 from tpgrpo.flows.steps import RunContext
 from tpgrpo.flows.train import retry_on_io
+from tpgrpo.storage import validate_key
 from tpgrpo.storage.lock import run_lock
 
 TASK_OPTIONS: dict[str, Any] = dict(
@@ -128,7 +129,8 @@ def rescore(
     from tpgrpo.report.select import check_modes, parse_reward_spec, select_with_skips
 
     parsed = parse_reward_spec(spec)
-    key = ctx.reward_key(parsed)  # builds the reward: unknown names and bad parameters fail here
+    key = validate_key(ctx.reward_key(parsed))  # builds the reward: unknown names, bad parameters
+    # and a key that cannot be a folder name fail here, before any flow starts
     usable, unusable = usable_iterations(ctx, ("rollouts", "branches"))
     iterations, skipped = select_with_skips(
         iters, usable, unusable, run_id=ctx.layout.run_id, what="stored branches"

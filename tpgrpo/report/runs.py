@@ -17,6 +17,7 @@ from tpgrpo.storage import MANIFEST_NAME, Manifest, RunLayout, read_manifest, re
 from tpgrpo.storage.blobs import BLOB_MANIFEST, BlobManifest, read_blob_manifest
 from tpgrpo.storage.files import list_files
 from tpgrpo.storage.lock import lease_holder
+from tpgrpo.storage.reader import check_parts
 from tpgrpo.storage.uri import filesystem_for
 
 DATASET_STAGES = ("rollouts", "branches", "rewards", "annotations", "updates")
@@ -263,7 +264,7 @@ def usable_iterations(
     ctx: Any, stages: tuple[str, ...], reward_key: str | None = None
 ) -> tuple[list[int], dict[int, str]]:
     """Every stored iteration, split by whether its `stages` datasets (`rewards`: of `reward_key`)
-    are finished and readable.
+    are finished and readable (manifest parses, part files listed as recorded).
 
     Returns:
         (`list[int]`, `dict[int, str]`): the usable iterations, and for each other one what is wrong
@@ -285,7 +286,9 @@ def usable_iterations(
                 problems.append(f"{where} is unfinished (its stage was interrupted)")
             else:
                 try:
-                    read_manifest(uri, opts)
+                    manifest = read_manifest(uri, opts)
+                    fs, path = filesystem_for(uri, opts)
+                    check_parts(fs, path, manifest, uri)  # one listing: missing, resized or stray parts
                 except DataError as err:
                     problems.append(str(err).removeprefix(prefix))
         if problems:
