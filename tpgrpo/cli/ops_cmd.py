@@ -50,12 +50,14 @@ def rescore(
     """
     from tpgrpo.cli.console import quiet_expected_failures
     from tpgrpo.flows.rescore import rescore as run_rescore
+    from tpgrpo.flows.server import temporary_server
     from tpgrpo.report.runs import config_reward_key, manifest_or_none
     from tpgrpo.report.select import skipped_error
 
     quiet_expected_failures()
     ctx = load_run(run, root)
-    result = run_rescore(ctx, reward, iters=iters, modes=mode, force=force)
+    with temporary_server():  # dies with this process, even under kill -9
+        result = run_rescore(ctx, reward, iters=iters, modes=mode, force=force)
     key, own = result["reward_key"], config_reward_key(ctx)
     echo(f"rescored run {run} with reward {key} (run reward: {own})")
     echo(f"{'iter':>4}  {'mode':<15}{'score':>10}{f'{own} final':>16}{'final':>10}{'tps':>6}{'kept':>6}")
@@ -152,19 +154,21 @@ def evaluate(
     """Evaluate checkpoints: ODE samples of held-out prompts with the EMA weights, scored per task."""
     from tpgrpo.cli.console import quiet_expected_failures
     from tpgrpo.flows.evaluate import run_evaluation
+    from tpgrpo.flows.server import temporary_server
 
     quiet_expected_failures()
     ctx = load_run(run, root)
-    results = run_evaluation(
-        ctx,
-        checkpoint=checkpoint,
-        reward=reward,
-        steps=steps,
-        prompts=prompts,
-        per_task=per_task,
-        replicates=replicates,
-        force=force,
-    )
+    with temporary_server():  # dies with this process, even under kill -9
+        results = run_evaluation(
+            ctx,
+            checkpoint=checkpoint,
+            reward=reward,
+            steps=steps,
+            prompts=prompts,
+            per_task=per_task,
+            replicates=replicates,
+            force=force,
+        )
     for res in results:
         title = (
             f"run {run} checkpoint {res['checkpoint']} ({res['name']}), reward {res['reward_key']}, "

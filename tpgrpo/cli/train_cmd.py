@@ -36,13 +36,15 @@ def train(
     """
     from tpgrpo.cli.console import quiet_expected_failures
     from tpgrpo.config import load_config
+    from tpgrpo.flows.server import temporary_server
     from tpgrpo.flows.train import train as run_train
 
     quiet_expected_failures()
 
     cfg = load_config(config or default_config_path(), overrides or [])
     base = resolve_root(root, cfg.storage.root)
-    result = run_train(cfg, run_id=run_id, iterations=iterations, root=base)
+    with temporary_server():  # dies with this process, even under kill -9
+        result = run_train(cfg, run_id=run_id, iterations=iterations, root=base)
     run_dir = result["run_dir"]
     echo(f"run finished: {result['iterations']} iteration(s) in {run_dir}")
     echo(f"  datasets:  {run_dir}/iter=NNNN/{{rollouts,branches,rewards,annotations,updates}}")
