@@ -105,7 +105,10 @@ def verify(
     ] = False,
     root: RootOption = None,
 ) -> None:
-    """Check schemas, manifests, checksums, row counts and lineage; exit 1 listing every fault."""
+    """Check schemas, manifests, checksums, row counts and lineage; exit 1 listing every fault.
+
+    On a run being trained (a live lock) only what is finished is checked; the unfinished outputs
+    are work in progress, not faults (exit 0 when everything finished is sound)."""
     from tpgrpo.report.verify import verify_run
 
     ctx = load_run(run, root)
@@ -113,8 +116,19 @@ def verify(
     if verbose:
         for item in report.checked:
             echo(f"ok     {item}")
+        for item in report.in_progress:
+            echo(f"busy   {item} (being written)")
     for fault in report.faults:
         echo(f"FAULT  {fault}")
+    if report.holder is not None:
+        import time
+
+        holder = report.holder
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("since", 0))))
+        echo(
+            f"run {run} is in progress (locked by pid {holder.get('pid')} on {holder.get('host')} since "
+            f"{since}): verified what is finished; {len(report.in_progress)} unfinished output(s) not checked"
+        )
     if report.faults:
         from tpgrpo.errors import DataError
 
@@ -122,4 +136,5 @@ def verify(
             f"run {run}: {len(report.faults)} fault(s), listed above ({len(report.checked)} item(s) passed); "
             "rerun the named stages (with --force where a dataset is stale) to repair"
         )
-    echo(f"run {run}: OK ({len(report.checked)} datasets and checkpoints verified)")
+    so_far = " so far" if report.holder is not None else ""
+    echo(f"run {run}: OK{so_far} ({len(report.checked)} datasets and checkpoints verified)")
