@@ -5,6 +5,9 @@ missing or damaged is named on its own line, the others are done, and the exit c
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,10 @@ from tpgrpo.storage import read_manifest
 
 from .conftest import StoredRun, run_cli
 
+HOLD = (
+    "import sys, time\nfrom tpgrpo.storage.lock import run_lock\n"
+    "with run_lock(sys.argv[1], heartbeat_s=0.5):\n    print('held', flush=True)\n    time.sleep(120)\n"
+)
 NEW_SPEC = '{"name": "jpeg", "quality": 30, "key": "jpeg_q30"}'
 
 
@@ -84,3 +91,40 @@ def test_selected_iteration_with_damaged_input_is_named_too(run_copy: StoredRun)
     result = run_cli("rescore", *run_copy.args("--reward", NEW_SPEC, "--iters", "1"))
     _assert_skipped(result, 1, "iter=0001/branches is unfinished")
     assert "nothing was done" in result.stderr
+
+
+def test_report_and_turning_points_name_damaged_annotations(run_copy: StoredRun, tmp_path: Path) -> None:
+    """A damaged annotations dataset is not silently left out of the statistics and the report."""
+    key, mode = run_copy.reward_key, run_copy.mode
+    _break_manifest(run_copy, f"iter=0001/annotations/{key}/{mode}")
+    stats = run_cli("audit", "turning-points", *run_copy.args())
+    assert stats.exit_code == 1, stats.output
+    assert (
+        "left out iteration 1: iter=0001/annotations" in stats.stderr and "malformed manifest" in stats.stderr
+    )
+    assert "--force" in stats.stderr.strip().splitlines()[-1]
+    out = str(tmp_path / "report")
+    report = run_cli("report", *run_copy.args("--out", out))
+    assert report.exit_code == 1, report.output
+    assert "left out iteration 1:" in report.stderr and "Traceback" not in report.output
+    assert Path(out, "index.html").is_file()  # the report of what is sound is still written
+
+
+def test_report_of_a_run_being_trained_leaves_its_unfinished_iteration_out(
+    run_copy: StoredRun, tmp_path: Path
+) -> None:
+    key, mode = run_copy.reward_key, run_copy.mode
+    (run_copy.dir / "iter=0001" / "annotations" / key / mode / "_MANIFEST.json").unlink()
+    out = str(tmp_path / "report")
+    unlocked = run_cli("report", *run_copy.args("--out", out))
+    assert unlocked.exit_code == 1 and "is unfinished" in unlocked.stderr, unlocked.output
+    holder = subprocess.Popen(  # another process driving the run: a live lease on run.lock
+        [sys.executable, "-c", HOLD, str(run_copy.dir / "run.lock")], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    try:
+        live = run_cli("report", *run_copy.args("--out", out))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert live.exit_code == 0, live.output

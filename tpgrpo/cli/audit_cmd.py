@@ -32,14 +32,21 @@ def key_and_mode(ctx: Any, reward: str | None, mode: str | None) -> tuple[str, s
 
 def annotated_iterations(ctx: Any, key: str, mode: str) -> list[int]:
     """The iterations with finished annotations of `key`/`mode`."""
-    from tpgrpo.report.runs import manifest_or_none
+    from tpgrpo.report.runs import annotation_iterations
 
-    return [
-        i
-        for i in ctx.layout.list_iterations()
-        if key in ctx.layout.list_rewards(i)
-        and manifest_or_none(ctx.layout.annotations(i, key, mode), ctx.storage_options) is not None
-    ]
+    return annotation_iterations(ctx, key, mode)[0]
+
+
+def fail_on_left_out(ctx: Any, key: str, mode: str) -> None:
+    """Names every iteration whose `key`/`mode` annotations are damaged (one line each, stderr) and
+    fails: a report or statistics without them must not pass for complete."""
+    from tpgrpo.report.runs import annotation_iterations, left_out_error
+
+    damaged = annotation_iterations(ctx, key, mode)[1]
+    for i, reason in sorted(damaged.items()):
+        typer.echo(f"left out iteration {i}: {reason}", err=True)
+    if damaged:
+        raise left_out_error(ctx.layout.run_id, key, mode, damaged)
 
 
 @app.command("trajectory")
@@ -95,6 +102,7 @@ def turning_points(
         for i in iterations
     ]
     echo(format_turning_points(stats, f"run {run}: turning points of reward {key}, mode {m}"))
+    fail_on_left_out(ctx, key, m)
 
 
 @app.command("verify")

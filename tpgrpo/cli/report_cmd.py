@@ -26,7 +26,7 @@ def report(
     root: RootOption = None,
 ) -> None:
     """Reward curves (iteration, model evaluations, wall-clock), turning-point statistics, image strips."""
-    from tpgrpo.cli.audit_cmd import key_and_mode
+    from tpgrpo.cli.audit_cmd import fail_on_left_out, key_and_mode
     from tpgrpo.cli.common import check_output_dir
     from tpgrpo.report.build import build_report
     from tpgrpo.storage.uri import is_s3
@@ -41,3 +41,4 @@ def report(
     for image in files.images:
         echo(f"png:  {image}")
     echo(f"html: {files.html}")
+    fail_on_left_out(ctx, key, m)

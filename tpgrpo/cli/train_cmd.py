@@ -25,7 +25,10 @@ def train(
         str | None, typer.Option("--run-id", help="Run id [default: the config's name]; same id resumes")
     ] = None,
     iterations: Annotated[
-        int | None, typer.Option("--iterations", min=1, help="Iterations to reach [default: the config's]")
+        int | None,
+        typer.Option(
+            "--iterations", min=1, max=1_000_000, help="Iterations to reach [default: the config's]"
+        ),
     ] = None,
     overrides: SetOption = None,
     root: RootOption = None,

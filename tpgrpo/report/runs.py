@@ -298,6 +298,47 @@ def usable_iterations(
     return usable, unusable
 
 
+def annotation_iterations(ctx: Any, key: str, mode: str) -> tuple[list[int], dict[int, str]]:
+    """The iterations with finished `key`/`mode` annotations, and those whose annotations are there
+    but cannot be used, each with the reason: an unreadable manifest, or an unfinished folder while
+    no process holds the run's lock (a live run is writing it: left out without a word).
+
+    Iterations without that folder at all (a mode never annotated there) are in neither.
+    """
+    layout, opts = ctx.layout, ctx.storage_options
+    prefix = layout.run_dir.rstrip("/") + "/"
+    live = lease_holder(layout.lock(), opts) is not None
+    usable: list[int] = []
+    damaged: dict[int, str] = {}
+    for i in layout.list_iterations():
+        uri = layout.annotations(i, key, mode)
+        status = dataset_status(uri, opts)
+        if status == "missing":
+            continue
+        if status == "debris":
+            if not live:
+                damaged[i] = f"{uri.removeprefix(prefix)} is unfinished (its stage was interrupted)"
+            continue
+        try:
+            read_manifest(uri, opts)
+        except DataError as err:
+            damaged[i] = str(err).removeprefix(prefix)
+            continue
+        usable.append(i)
+    return usable, damaged
+
+
+def left_out_error(run_id: str, key: str, mode: str, damaged: Mapping[int, str]) -> DataError:
+    """The error `report` and `audit turning-points` exit with after leaving out damaged iterations
+    (each named on its own line before)."""
+    first = min(damaged)
+    return DataError(
+        f"run {run_id!r}: left out iteration(s) {', '.join(str(i) for i in sorted(damaged))}, whose "
+        f"{key}/{mode} annotations are damaged (listed above); rebuild them, e.g. tpgrpo annotate --run "
+        f"{run_id} --reward {key} --mode {mode} --iters {first} --force"
+    )
+
+
 def finished_checkpoints(ctx: Any) -> list[int]:
     """The checkpoint indices `K` whose `checkpoints/iter=K` is finished (0 is the base model)."""
     out = []
