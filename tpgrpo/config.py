@@ -14,10 +14,21 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_serializer
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 
 from tpgrpo.errors import ConfigError
 
@@ -28,49 +39,93 @@ SECRET_KEYS = ("key", "secret", "token", "session_token", "password")
 """Storage option names whose values are credentials: never written anywhere."""
 
 
+def _not_a_bool(value: Any) -> Any:
+    """YAML's `true`/`false` are no numbers (pydantic would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number; write the number")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_a_bool)]
+"""An integer; a boolean is refused (`lora_rank: true` is no rank)."""
+Float = Annotated[float, BeforeValidator(_not_a_bool), AllowInfNan(False)]
+"""A finite number; a boolean is refused. YAML 1.1 reads `1e-4` (no dot) as a string: numeric
+strings are accepted as numbers, so `1e400` becomes infinity and is refused here too."""
+Bool = StrictBool
+"""`true` or `false`; 0/1 and strings are refused."""
+Text = Annotated[str, Field(min_length=1)]
+"""A non-empty string."""
+
+DEVICE_PATTERN = r"^(cpu|cuda(:[0-9]{1,2})?|mps)$"
+"""Devices the model runs on: `cpu`, `cuda`, `cuda:N`, `mps` (whether this machine has it is checked
+before any work, by `tpgrpo.models.devices.check_device`)."""
+
+MAX_TRAJECTORIES = 65_536
+"""Most trajectories one iteration may sample (prompt groups × G): ~57× the paper's 1152."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelConfig(_Strict):
     family: Literal["sd3", "flux"] = "sd3"
-    path: str = Field(EMBEDDED_MODEL, description="pipeline directory, hub id, or embedded:tiny")
+    path: Text = Field(EMBEDDED_MODEL, description="pipeline directory, hub id, or embedded:tiny")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = "cpu"
-    height: int = Field(64, gt=0)
-    width: int = Field(64, gt=0)
-    max_sequence_length: int = Field(14, gt=0, le=512, description="T5 tokens (SD3.5: 256)")
-    eval_batch: int = Field(16, gt=0, description="samples per forward outside training (the best batch)")
+    device: str = Field("cpu", pattern=DEVICE_PATTERN, description="cpu, cuda, cuda:N or mps")
+    height: Int = Field(64, gt=0, le=4096)
+    width: Int = Field(64, gt=0, le=4096)
+    max_sequence_length: Int = Field(14, gt=0, le=512, description="T5 tokens (SD3.5: 256)")
+    eval_batch: Int = Field(
+        16, gt=0, le=4096, description="samples per forward outside training (the best batch)"
+    )
 
 
 class SamplingConfig(_Strict):
-    num_steps: int = Field(10, ge=2, description="T, steps of the training rollouts")
-    eval_steps: int = Field(40, ge=1, description="ODE steps of evaluation")
-    guidance_scale: float = Field(4.5, ge=0.0)
+    num_steps: Int = Field(10, ge=2, le=1000, description="T, steps of the training rollouts")
+    eval_steps: Int = Field(40, ge=1, le=1000, description="ODE steps of evaluation")
+    guidance_scale: Float = Field(4.5, ge=0.0, le=100.0)
     sampler: Literal["sde", "cps"] = "cps"
-    noise_level: float = Field(0.7, ge=0.0, le=1.0, description="a of SPEC §2")
-    window_start: int = Field(0, ge=0, description="w0, the first trained grid step")
-    window_size: int | None = Field(
+    noise_level: Float = Field(0.7, gt=0.0, le=1.0, description="a of SPEC §2")
+    window_start: Int = Field(0, ge=0, le=1000, description="w0, the first trained grid step")
+    window_size: Int | None = Field(
         None,
         ge=1,
+        le=1000,
         description="W; null: the longest window from w0 whose every step std is at least the floor of "
         "SPEC §2 (0.05), on the model's actual grid (W = 8 on SD3's shift-3 grid at T = 10, cps a = 0.7)",
     )
-    exact_cps_logprob: bool = True
+    exact_cps_logprob: Bool = True
 
 
 class RolloutConfig(_Strict):
-    prompts: str = Field("train", description="'train'/'test' (embedded sets) or a .jsonl/.txt prompt file")
-    prompts_per_batch: int = Field(4, ge=1, description="prompt groups per rollout batch (balancing scope)")
-    batches_per_iteration: int = Field(2, ge=1)
-    group_size: int = Field(8, ge=2, description="G, trajectories per prompt")
-    shards: int = Field(1, ge=1, description="GPU stages split over prompt groups into this many shards")
+    prompts: Text = Field("train", description="'train'/'test' (embedded sets) or a .jsonl/.txt prompt file")
+    prompts_per_batch: Int = Field(
+        4, ge=1, le=4096, description="prompt groups per rollout batch (balancing scope)"
+    )
+    batches_per_iteration: Int = Field(2, ge=1, le=4096)
+    group_size: Int = Field(8, ge=2, le=1024, description="G, trajectories per prompt")
+    shards: Int = Field(
+        1, ge=1, le=1024, description="GPU stages split over prompt groups into this many shards"
+    )
+
+    @model_validator(mode="after")
+    def _bounded_iteration(self) -> RolloutConfig:
+        n = self.prompts_per_batch * self.batches_per_iteration * self.group_size
+        if n > MAX_TRAJECTORIES:
+            raise ValueError(
+                f"{n} trajectories per iteration (prompts_per_batch × batches_per_iteration × group_size) "
+                f"is more than {MAX_TRAJECTORIES}; lower one of them"
+            )
+        return self
 
 
 class BranchConfig(_Strict):
-    chunk_size: int | None = Field(None, ge=1, description="samples per model call; null: measure once")
-    reuse_rollout_velocity: bool = Field(True, description="first ODE step of each branch from the rollout")
-    completions: bool = Field(
+    chunk_size: Int | None = Field(
+        None, ge=1, le=65_536, description="samples per model call; null: measure once"
+    )
+    reuse_rollout_velocity: Bool = Field(True, description="first ODE step of each branch from the rollout")
+    completions: Bool = Field(
         True,
         description="complete every window state; false: only the final image is scored (flow_grpo only; "
         "the cost of Flow-GRPO, but the run cannot be re-annotated into step-level modes)",
@@ -78,49 +133,54 @@ class BranchConfig(_Strict):
 
 
 class RewardConfig(_Strict):
-    spec: str | dict[str, Any] = Field("shapes", description="registered reward name or {name: ..., params}")
+    spec: Text | dict[str, Any] = Field("shapes", description="registered reward name or {name: ..., params}")
     mode: Literal["flow_grpo", "incremental", "tp", "tp_constrained"] = "tp_constrained"
-    initial_step: bool = True
-    balance: bool = True
+    initial_step: Bool = True
+    balance: Bool = True
 
 
 class AdvantageConfig(_Strict):
     std_scope: Literal["group", "batch"] = "group"
-    clip: float = Field(5.0, gt=0.0)
-    skip_zero: bool = Field(True, description="skip trajectories whose advantages are all zero")
+    clip: Float = Field(5.0, gt=0.0, le=1e6)
+    skip_zero: Bool = Field(True, description="skip trajectories whose advantages are all zero")
 
 
 class UpdateConfig(_Strict):
-    lr: float = Field(3e-4, gt=0.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
-    clip_range: float = Field(1e-4, gt=0.0, description="ε of the ratio clip")
-    kl_beta: float = Field(0.0, ge=0.0, description="β of the KL to the adapter-disabled base")
-    lora_rank: int = Field(8, ge=1)
-    lora_alpha: float = Field(16.0, gt=0.0)
-    grad_clip: float = Field(1.0, gt=0.0)
-    optimizer_steps: int = Field(2, ge=1, description="optimizer steps per iteration (per epoch)")
-    epochs: int = Field(1, ge=1, description="passes over an iteration's samples")
-    micro_batch: int = Field(32, ge=1, description="transitions per forward/backward")
-    gradient_checkpointing: bool = Field(
+    lr: Float = Field(3e-4, gt=0.0, le=1.0)
+    weight_decay: Float = Field(1e-4, ge=0.0, le=10.0)
+    clip_range: Float = Field(1e-4, gt=0.0, le=10.0, description="ε of the ratio clip")
+    kl_beta: Float = Field(0.0, ge=0.0, le=1e6, description="β of the KL to the adapter-disabled base")
+    lora_rank: Int = Field(8, ge=1, le=4096)
+    lora_alpha: Float = Field(16.0, gt=0.0, le=1e6)
+    grad_clip: Float = Field(1.0, gt=0.0, le=1e6)
+    optimizer_steps: Int = Field(
+        2, ge=1, le=MAX_TRAJECTORIES, description="optimizer steps per iteration (per epoch)"
+    )
+    epochs: Int = Field(1, ge=1, le=1000, description="passes over an iteration's samples")
+    micro_batch: Int = Field(32, ge=1, le=65_536, description="transitions per forward/backward")
+    gradient_checkpointing: Bool = Field(
         False,
         description="recompute the transformer's activations in the backward pass: less memory per "
         "micro-batch for ~1.3x the update's compute (same gradients)",
     )
-    ema_decay: float = Field(0.9, ge=0.0, lt=1.0)
-    ema_every: int = Field(8, ge=1, description="optimizer steps between EMA updates")
-    ddp_procs: int = Field(
+    ema_decay: Float = Field(0.9, ge=0.0, lt=1.0)
+    ema_every: Int = Field(8, ge=1, le=1_000_000, description="optimizer steps between EMA updates")
+    ddp_procs: Int = Field(
         1,
         ge=1,
+        le=64,
         description="data-parallel update processes the train flow launches with torchrun on its "
         "machine (gloo on CPU, NCCL with one GPU each on CUDA); 1: the update runs in the flow's process",
     )
 
 
 class S3Config(_Strict):
-    endpoint_url: str | None = None
-    key: str | None = Field(None, repr=False)
-    secret: str | None = Field(None, repr=False)
-    region: str | None = None
+    endpoint_url: str | None = Field(
+        None, pattern=r"^https?://[^\s/]+", description="http(s)://host[:port] of the S3 service"
+    )
+    key: Text | None = Field(None, repr=False)
+    secret: Text | None = Field(None, repr=False)
+    region: Text | None = None
 
     @field_serializer("key", "secret", when_used="json")
     def _redact(self, value: str | None) -> str | None:
@@ -130,24 +190,24 @@ class S3Config(_Strict):
 
 
 class StorageConfig(_Strict):
-    root: str = "./runs"
+    root: Text = "./runs"
     s3: S3Config = S3Config()
-    keep_latents: int | None = Field(
-        None, ge=1, description="keep latent tensors of the last N iterations only (null: all)"
+    keep_latents: Int | None = Field(
+        None, ge=1, le=1_000_000, description="keep latent tensors of the last N iterations only (null: all)"
     )
 
 
 class FlowConfig(_Strict):
     task_runner: Literal["threads", "dask"] = "threads"
-    dask_address: str | None = Field(None, description="scheduler address; null: a local cluster")
-    workers: int = Field(1, ge=1)
-    io_retries: int = Field(2, ge=0)
+    dask_address: Text | None = Field(None, description="scheduler address; null: a local cluster")
+    workers: Int = Field(1, ge=1, le=1024)
+    io_retries: Int = Field(2, ge=0, le=100)
 
 
 class Config(_Strict):
-    name: str = Field("tiny", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = 0
-    iterations: int = Field(4, ge=1)
+    name: str = Field("tiny", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    seed: Int = Field(0, ge=0, le=2**63 - 1)
+    iterations: Int = Field(4, ge=1, le=1_000_000)
     model: ModelConfig = ModelConfig()
     sampling: SamplingConfig = SamplingConfig()
     rollout: RolloutConfig = RolloutConfig()
@@ -388,7 +448,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     """Load a YAML config file (+ `--set` overrides).
 
     Raises:
-        ConfigError: missing/unreadable file, invalid YAML, unknown keys, bad values — all listed.
+        ConfigError: missing/unreadable/empty file, invalid YAML, unknown keys, bad values — all listed.
     """
     p = Path(path)
     if not p.is_file():
@@ -405,4 +465,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         raise ConfigError([f"{p}: invalid YAML: {err}"]) from None
     except RecursionError:
         raise ConfigError([f"{p}: invalid YAML: nested too deeply"]) from None
+    if data is None:  # an empty file (or only comments) is a mistake, never "all defaults"
+        raise ConfigError(
+            [f"{p} is empty; write the experiment's settings into it (start from configs/tiny.yaml)"]
+        )
     return load_config_data(data, overrides)

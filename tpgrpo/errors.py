@@ -38,3 +38,9 @@ class RewardError(TpgrpoError):
 
 class RunLockedError(UserError):
     """Another process holds the run's lock."""
+
+
+class StorageAccessError(UserError):
+    """The runs root cannot be used as given: no S3 credentials, an unreachable endpoint, a missing
+    bucket, access refused, or a local path that is a file. The message names the root, the cause
+    and the fix."""

@@ -212,7 +212,7 @@ def read_manifest_checkpoint(run: StoredRun, k: int) -> str:
         (["--checkpoint", "5"], ["checkpoint 5 outside run", "finished checkpoints are 0 … 2"]),
         (["--checkpoint", "best"], ["invalid --checkpoint 'best'", "latest or all"]),
         (["--reward", "nope"], ["unknown reward 'nope'"]),
-        (["--steps", "0"], ["--steps must be at least 1"]),
+        (["--steps", "0"], ["--steps must be in 1 … 1000"]),
         (["--prompts-per-task", "0"], ["--prompts-per-task must be at least 1"]),
         (["--prompts", "missing.jsonl"], ["prompt file 'missing.jsonl' not found"]),
     ],

@@ -8,7 +8,6 @@ its Prefect server. Killing a flow process then kills only the flow, never the s
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -187,11 +186,10 @@ def reference_run(
 
 
 def run_content(layout: RunLayout, iterations: int = ITERATIONS) -> dict[str, Any]:
-    """Everything a run computed, without run ids and timestamps: every dataset's rows (sorted)
-    and every checkpoint's tensors (not the safetensors bytes: the header's key order varies)."""
-    from safetensors.torch import load
-
-    from tpgrpo.storage import read_table
+    """Everything a run computed, without run ids and timestamps: every dataset's rows (sorted),
+    every checkpoint file's bytes (adapter, EMA, optimizer, RNG and step state: deterministic
+    functions of the run's inputs) and every manifest's lineage (its hash and recorded inputs)."""
+    from tpgrpo.storage import read_manifest, read_table
     from tpgrpo.storage.blobs import read_blobs
 
     out: dict[str, Any] = {}
@@ -207,14 +205,13 @@ def run_content(layout: RunLayout, iterations: int = ITERATIONS) -> dict[str, An
             cols = [c for c in table.column_names if c != "run_id"]
             keys = [k for k in ("trajectory_id", "boundary", "step", "optimizer_step") if k in cols]
             out[f"{name}{i}"] = table.select(cols).sort_by([(k, "ascending") for k in keys]).to_pylist()
+            manifest = read_manifest(uri, layout.storage_options)
+            out[f"{name}{i}/lineage"] = (manifest.hash, manifest.inputs)
     for i in range(iterations + 1):
-        _, files = read_blobs(layout.checkpoint(i), layout.storage_options)
+        manifest, files = read_blobs(layout.checkpoint(i), layout.storage_options)
+        out[f"checkpoint{i}/lineage"] = (manifest.hash, manifest.inputs)
         for name, blob in files.items():
-            if name.endswith(".safetensors"):
-                tensors = load(blob)
-                out[f"checkpoint{i}/{name}"] = {k: v.numpy().tobytes() for k, v in sorted(tensors.items())}
-            elif name != "state.json":  # state.json holds the process's RNG state
-                out[f"checkpoint{i}/{name}"] = json.loads(blob)
+            out[f"checkpoint{i}/{name}"] = blob
     return out
 
 

@@ -25,6 +25,12 @@ from ops.conftest import assert_user_error, run_cli
 from .conftest import tree
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def _with(data: dict[str, Any], **changes: Any) -> dict[str, Any]:
     out = copy.deepcopy(data)
     for key, value in changes.items():
@@ -96,10 +102,41 @@ CASES: list[tuple[str, Any, list[str]]] = [
         {"reward.spec": {"name": "jpeg", "key": "../../etc"}},
         ["invalid reward key or mode '../../etc'"],
     ),
+    # values that once passed validation and failed later, after files were written
+    ("learning rate overflowing to infinity", b"update:\n  lr: 1e400\n", ["update.lr"]),
+    ("learning rate as a string of nan", {"update.lr": "nan"}, ["update.lr"]),
+    ("learning rate a boolean", {"update.lr": True}, ["update.lr", "a boolean is not a number"]),
+    ("LoRA rank a boolean", {"update.lora_rank": True}, ["update.lora_rank", "a boolean is not a number"]),
+    ("switch given as a number", {"reward.balance": 1}, ["reward.balance", "valid boolean"]),
+    ("implausible learning rate", {"update.lr": 5.0}, ["update.lr", "less than or equal to 1"]),
+    ("huge group size", {"rollout.group_size": 10**9}, ["rollout.group_size"]),
+    (
+        "huge iteration",
+        {"rollout.group_size": 1000, "rollout.prompts_per_batch": 1000},
+        ["trajectories per iteration", "lower one of them"],
+    ),
+    ("negative seed", {"seed": -1}, ["seed", "greater than or equal to 0"]),
+    ("nonsense device", {"model.device": "tpu9"}, ["model.device", "tpu9"]),
+    ("empty model path", {"model.path": ""}, ["model.path", "at least 1 character"]),
+    ("empty prompt set", {"rollout.prompts": ""}, ["rollout.prompts"]),
+    ("empty storage root", {"storage.root": ""}, ["storage.root"]),
+    ("negative retries", {"flow.io_retries": -1}, ["flow.io_retries"]),
+    ("S3 endpoint without a scheme", {"storage.s3.endpoint_url": "minio:9000"}, ["storage.s3.endpoint_url"]),
+    ("huge image", {"model.height": 65536, "model.width": 65536}, ["model.height", "model.width"]),
+    pytest.param(
+        "cuda without a GPU",
+        {"model.device": "cuda"},
+        ["model.device 'cuda'", "no usable CUDA GPU", "set it to cpu"],
+        marks=pytest.mark.skipif(_has_cuda(), reason="this machine has a GPU"),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "change", "fragments"), CASES, ids=[c[0] for c in CASES])
+def _id(case: Any) -> str:
+    return str(case.values[0] if hasattr(case, "values") else case[0])
+
+
+@pytest.mark.parametrize(("name", "change", "fragments"), CASES, ids=[_id(c) for c in CASES])
 def test_bad_config(
     base: dict[str, Any], tmp_path: Path, name: str, change: Any, fragments: list[str]
 ) -> None:
@@ -109,6 +146,47 @@ def test_bad_config(
         result = _train(tmp_path, _with(base, **change))
     assert_user_error(result, *fragments)
     assert result.stderr.count("error:") == 1
+    assert tree(tmp_path / "runs") == []
+
+
+@pytest.mark.parametrize(("name", "change", "fragments"), CASES, ids=[_id(c) for c in CASES])
+def test_config_validate_refuses_what_train_refuses(
+    base: dict[str, Any], tmp_path: Path, name: str, change: Any, fragments: list[str]
+) -> None:
+    """`tpgrpo config validate` finds every problem `train` finds before writing anything."""
+    path = tmp_path / "bad.yaml"
+    if isinstance(change, bytes):
+        path.write_bytes(_raw(base, change))
+    else:
+        path.write_text(yaml.safe_dump(_with(base, **change)))
+    assert_user_error(run_cli("config", "validate", str(path)), *fragments)
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"# nothing but a comment\n", b"---\n"], ids=["empty", "comment", "document"]
+)
+def test_empty_config_file_is_refused(base: dict[str, Any], tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_bytes(content)
+    root = str(tmp_path / "runs")
+    for command in (["train", str(path), "--run-id", "x", "--root", root], ["config", "validate", str(path)]):
+        assert_user_error(run_cli(*command), "is empty", "configs/tiny.yaml")
+    assert tree(tmp_path / "runs") == []
+
+
+def test_override_overflowing_to_infinity(base: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(base))
+    result = run_cli("train", str(path), "--run-id", "x", "--set", "update.lr=1e400", "--set", "seed=-1")
+    assert_user_error(result, "update.lr", "seed")
+    assert tree(tmp_path / "runs") == []
+
+
+def test_empty_root_is_refused(base: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(base))
+    for command in (["train", str(path), "--run-id", "x"], ["runs", "list"], ["runs", "show", "x"]):
+        assert_user_error(run_cli(*command, "--root", ""), "--root is empty")
     assert tree(tmp_path / "runs") == []
 
 
@@ -185,7 +263,7 @@ def test_pickle_weights_are_refused(base: dict[str, Any], flow_pipeline: Path, t
     assert tree(tmp_path / "runs") == []
 
 
-@pytest.mark.parametrize("run_id", ["../evil", "a/b", "/abs", "..", ".hidden", "x" * 200, "sp ace", "é"])
+@pytest.mark.parametrize("run_id", ["", "../evil", "a/b", "/abs", "..", ".hidden", "x" * 200, "sp ace", "é"])
 def test_run_id_is_validated(base: dict[str, Any], tmp_path: Path, run_id: str) -> None:
     path = tmp_path / "ok.yaml"
     path.write_text(yaml.safe_dump(base))

@@ -106,7 +106,7 @@ def test_random_byte_flips_never_read_silently(run_copy: RunLayout) -> None:
     """Flip one byte anywhere in the pages of a part, 40 times: every read fails with a DataError.
 
     (A flip inside the footer's metadata that still parses, e.g. in `created_by`, leaves the rows
-    intact; `audit verify` finds it by the part's SHA-256, see `test_metadata_flip_found_by_verify`.)
+    intact; every reader finds it by the part's SHA-256, see `test_metadata_flip_found_by_every_reader`.)
     """
     part = _part(Path(run_copy.branches(1)))
     original = part.read_bytes()
@@ -120,13 +120,42 @@ def test_random_byte_flips_never_read_silently(run_copy: RunLayout) -> None:
     assert read_table(run_copy.branches(1), "branches").num_rows > 0
 
 
-def test_metadata_flip_found_by_verify(run_copy: RunLayout) -> None:
-    part = _part(Path(run_copy.annotations(0, "jpeg_incompressibility", "tp_constrained")))
+def test_metadata_flip_found_by_every_reader(run_copy: RunLayout, tmp_path: Path) -> None:
+    """A same-size change the page CRCs do not cover (here the footer's `created_by`; the footer
+    also holds the column statistics filters skip row groups by): `audit verify`, every reader and
+    `report` refuse the part by its SHA-256, as the checkpoint reader does."""
+    uri = run_copy.annotations(0, "jpeg_incompressibility", "tp_constrained")
+    part = _part(Path(uri))
     data = part.read_bytes()
     _flip(part, data.rindex(b"parquet-cpp-arrow"))  # the footer's created_by string
+    assert part.stat().st_size == len(data)
     result = _verify(run_copy)
     assert result.exit_code == 1
     assert "SHA-256" in result.stdout and "iter=0000/annotations" in result.stdout
+    with pytest.raises(DataError, match="SHA-256"):
+        read_table(uri, "annotations")
+    with pytest.raises(DataError, match="SHA-256"):
+        list(iter_batches(uri, "annotations"))
+    report = run_cli(
+        "report", "--run", run_copy.run_id, "--root", run_copy.root, "--out", str(tmp_path / "r")
+    )
+    assert report.exit_code == 1, report.output
+    assert "iter=0000/annotations" in report.stderr and "SHA-256" in report.stderr
+    assert "Traceback" not in report.output
+
+
+def test_a_rewritten_part_is_hashed_again(run_copy: RunLayout) -> None:
+    """Reads memoise a part's verified hash per size and modification stamp, never beyond a rewrite."""
+    import os
+
+    uri = run_copy.branches(0)
+    assert read_table(uri, "branches").num_rows > 0
+    part = _part(Path(uri))
+    stat = part.stat()
+    _flip(part, part.read_bytes().rindex(b"parquet-cpp-arrow"))
+    os.utime(part, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old modification time
+    with pytest.raises(DataError, match="SHA-256"):
+        read_table(uri, "branches")
 
 
 @pytest.mark.parametrize("name", ["adapter.safetensors", "optimizer.json", "_CHECKPOINT.json"])

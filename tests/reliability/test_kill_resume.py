@@ -1,10 +1,11 @@
 """kill -9 the train flow anywhere, rerun: it completes, and equals the uninterrupted run.
 
-Each chain runs `tpgrpo train CONFIG --run-id chaos` as a subprocess, SIGKILLs its process group
-at a kill point, starts it again (a resume), kills it again at the next point, … and finally lets
-it finish. Then: exit code 0, `tpgrpo audit verify` passes (schemas, checksums, row counts,
-lineage), and every dataset row and checkpoint tensor equals the reference run's (same config and
-seed, never interrupted), so nothing is duplicated, missing or different.
+Each chain runs `tpgrpo train CONFIG --run-id ref` (the reference run's id, in another root) as a
+subprocess, SIGKILLs its process group at a kill point, starts it again (a resume), kills it again
+at the next point, … and finally lets it finish. Then: exit code 0, `tpgrpo audit verify` passes
+(schemas, checksums, row counts, lineage), every dataset row equals the reference run's (same
+config and seed, never interrupted), every checkpoint file is byte-identical to its, and every
+manifest records the same lineage hashes: nothing is duplicated, missing or different.
 
 CI runs one chain of 2 kill points (branch of iteration 0, update of iteration 1); the
 slow tier runs 4 chains of 5 random kill points (each stage once per chain, at a random iteration
@@ -56,10 +57,10 @@ def test_kill_at_two_points_then_resume(
 ) -> None:
     root = tmp_path / "runs"
     config = write_config(flow_pipeline, root, tmp_path / "chaos.yaml")
-    layout = RunLayout(str(root), "chaos")
+    layout = RunLayout(str(root), reference_run.run_id)  # the same id: rows, payloads and lineage compare
     # the update of the tiny run lasts a fraction of a second on a quiet machine: kill at its start
     points = [KillPoint(0, "branch", 0.1), KillPoint(1, "update", 0.0)]
-    outcomes = run_chain(config, "chaos", layout, prefect_server.env, points, ITERATIONS)
+    outcomes = run_chain(config, layout.run_id, layout, prefect_server.env, points, ITERATIONS)
     print(_report(outcomes))
     _check_chain(outcomes, layout, reference_run, root)
 
@@ -87,8 +88,8 @@ def test_kill_at_random_points_then_resume(
     rng = random.Random(seed)
     root = tmp_path / "runs"
     config = write_config(flow_pipeline, root, tmp_path / "chaos.yaml")
-    layout = RunLayout(str(root), "chaos")
-    outcomes = run_chain(config, "chaos", layout, prefect_server.env, _random_points(rng), ITERATIONS)
+    layout = RunLayout(str(root), reference_run.run_id)
+    outcomes = run_chain(config, layout.run_id, layout, prefect_server.env, _random_points(rng), ITERATIONS)
     print(f"chain {chain} (seed {seed}):\n{_report(outcomes)}")
     _check_chain(outcomes, layout, reference_run, root)
     for outcome in outcomes[:-1]:

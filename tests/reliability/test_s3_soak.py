@@ -46,11 +46,11 @@ def test_train_flow_through_a_faulty_network(
         Fault("delay", every=13, seconds=0.5),
     )
     with use_server(prefect_server):
-        train(cfg, run_id="soak")
+        train(cfg, run_id=reference_run.run_id)
     assert proxy.injected() > 20, proxy.injected()
     proxy.clear()
-    ctx = RunContext.create(cfg, "soak")
+    ctx = RunContext.create(cfg, reference_run.run_id)
     report = verify_run(ctx)
     assert report.ok, report.faults
-    layout = RunLayout(s3_bucket.root, "soak", ctx.storage_options)
+    layout = RunLayout(s3_bucket.root, reference_run.run_id, ctx.storage_options)
     assert run_content(layout) == run_content(reference_run)

@@ -171,10 +171,10 @@ def test_missing_model_says_how_to_get_it(tmp_path: Path, model_dir: Path) -> No
     [
         ({"dtype": "float64"}, "dtype must be one of"),
         ({"batch_size": 0}, "batch_size must be a positive integer"),
-        ({"device": "tpu:x"}, "bad device"),
+        ({"device": "tpu:x"}, "is not a torch device"),
         pytest.param(
             {"device": "cuda"},
-            "CUDA is not available",
+            "has no usable CUDA GPU",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available"),
         ),
     ],

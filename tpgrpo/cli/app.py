@@ -8,9 +8,12 @@ stored data or in a reward model.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+import traceback
 from pathlib import Path
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -24,6 +27,7 @@ from tpgrpo.cli import (
     serve_cmd,
     train_cmd,
 )
+from tpgrpo.cli.console import VERBOSE_ENV, verbose
 from tpgrpo.errors import TpgrpoError, UserError
 
 app = typer.Typer(
@@ -54,25 +58,76 @@ def prefect_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@app.callback()
+def _options(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            help="On failure, also print the traceback (Prefect's included); also TPGRPO_VERBOSE=1",
+        ),
+    ] = False,
+) -> None:
+    """TP-GRPO fine-tuning of flow-matching text-to-image models as resumable Prefect flows over Parquet."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read in this process and inherited by flow subprocesses
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    if verbose():
+        traceback.print_exc()
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def describe_os_error(err: OSError) -> tuple[str, int]:
+    """The message and exit code of an I/O failure that reached the entry point.
+
+    Only failures a rerun can get past advise running the command again: storage or network I/O
+    that still failed after the clients' and tasks' retries (`StorageIOError`), and a full disk
+    (once space is freed). A path that does not exist, is a file where a folder belongs (or the
+    reverse), or may not be written is a mistake a rerun repeats: exit code 2 and no resume advice.
+    """
+    from tpgrpo.storage.files import StorageIOError
+
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{err}; free some space (or raise the quota), then run the same command again to resume", 1
+    if isinstance(err, StorageIOError):
+        return f"{err}; once the storage answers again, run the same command again to resume", 1
+    if isinstance(err, FileNotFoundError | NotADirectoryError | IsADirectoryError | FileExistsError):
+        return f"{err}; check the path (running the command again will fail the same way)", 2
+    if isinstance(err, PermissionError):
+        return f"{err}; check the permissions of that path, or pick another one", 2
+    return (
+        f"I/O failed: {err}; if the cause was passing (a disk or network fault), run the same command again",
+        1,
+    )
+
+
 def main() -> None:
     """Entry point: run the app, turning package errors into one line and an exit code.
 
     Typer runs in standalone mode, so usage errors (missing or unknown options) print click's
     message with exit code 2 and `typer.Exit` codes pass through; this package's errors propagate
-    out of the command and are reported here.
+    out of the command and are reported here (with the traceback only under `--verbose`).
     """
     prefect_environment()
     try:
         app()
     except UserError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        _fail(str(err), 2)
     except TpgrpoError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(1)
-    except OSError as err:  # storage or network still failing after the clients' and tasks' retries
-        typer.echo(f"error: I/O failed: {err}; run the same command again to resume", err=True)
-        sys.exit(1)
+        _fail(str(err), 1)
+    except OSError as err:
+        message, code = describe_os_error(err)
+        _fail(message, code)
+    except Exception as err:  # S3 access failing mid-command: botocore's errors are no OSError
+        from tpgrpo.storage.access import describe_storage_failure
+
+        described = describe_storage_failure(err, os.environ.get("TPGRPO_ROOT") or "the runs root")
+        if described is None:
+            raise
+        _fail(str(described), 2)
 
 
 if __name__ == "__main__":

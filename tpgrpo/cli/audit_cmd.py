@@ -33,14 +33,21 @@ def key_and_mode(ctx: Any, reward: str | None, mode: str | None) -> tuple[str, s
 
 def annotated_iterations(ctx: Any, key: str, mode: str) -> list[int]:
     """The iterations with finished annotations of `key`/`mode`."""
-    from tpgrpo.report.runs import manifest_or_none
+    from tpgrpo.report.runs import annotation_iterations
 
-    return [
-        i
-        for i in ctx.layout.list_iterations()
-        if key in ctx.layout.list_rewards(i)
-        and manifest_or_none(ctx.layout.annotations(i, key, mode), ctx.storage_options) is not None
-    ]
+    return annotation_iterations(ctx, key, mode)[0]
+
+
+def fail_on_left_out(ctx: Any, key: str, mode: str) -> None:
+    """Names every iteration whose `key`/`mode` annotations are damaged (one line each, stderr) and
+    fails: a report or statistics without them must not pass for complete."""
+    from tpgrpo.report.runs import annotation_iterations, left_out_error
+
+    damaged = annotation_iterations(ctx, key, mode)[1]
+    for i, reason in sorted(damaged.items()):
+        typer.echo(f"left out iteration {i}: {reason}", err=True)
+    if damaged:
+        raise left_out_error(ctx.layout.run_id, key, mode, damaged)
 
 
 @app.command("trajectory")
@@ -56,15 +63,18 @@ def trajectory(
     root: RootOption = None,
 ) -> None:
     """One trajectory: boundary rewards, increments, turning points, step rewards and advantages."""
+    from tpgrpo.cli.common import check_output_file
     from tpgrpo.report.select import check_iteration
     from tpgrpo.report.trajectory import format_trajectory, load_trajectory, trajectory_strip
 
+    if png is not None:
+        check_output_file(png, "--png", ".png")
     ctx = load_run(run, root)
     key, m = key_and_mode(ctx, reward, mode)
     check_iteration(iteration, annotated_iterations(ctx, key, m), run_id=run, what=f"{key}/{m} annotations")
     audit = load_trajectory(ctx, iteration, traj, key, m)
     echo(format_trajectory(audit))
-    if png:
+    if png is not None:
         trajectory_strip(ctx, audit).save(png)
         echo(f"png: {png}")
 
@@ -93,6 +103,7 @@ def turning_points(
         for i in iterations
     ]
     echo(format_turning_points(stats, f"run {run}: turning points of reward {key}, mode {m}"))
+    fail_on_left_out(ctx, key, m)
 
 
 @app.command("verify")
@@ -103,7 +114,10 @@ def verify(
     ] = False,
     root: RootOption = None,
 ) -> None:
-    """Check schemas, manifests, checksums, row counts and lineage; exit 1 listing every fault."""
+    """Check schemas, manifests, checksums, row counts and lineage; exit 1 listing every fault.
+
+    On a run being trained (a live lock) only what is finished is checked; the unfinished outputs
+    are work in progress, not faults (exit 0 when everything finished is sound)."""
     from tpgrpo.report.verify import verify_run
 
     ctx = load_run(run, root)
@@ -111,8 +125,19 @@ def verify(
     if verbose:
         for item in report.checked:
             echo(f"ok     {item}")
+        for item in report.in_progress:
+            echo(f"busy   {item} (being written)")
     for fault in report.faults:
         echo(f"FAULT  {fault}")
+    if report.holder is not None:
+        import time
+
+        holder = report.holder
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("since", 0))))
+        echo(
+            f"run {run} is in progress (locked by pid {holder.get('pid')} on {holder.get('host')} since "
+            f"{since}): verified what is finished; {len(report.in_progress)} unfinished output(s) not checked"
+        )
     if report.faults:
         from tpgrpo.errors import DataError
 
@@ -120,7 +145,8 @@ def verify(
             f"run {run}: {len(report.faults)} fault(s), listed above ({len(report.checked)} item(s) passed); "
             "rerun the named stages (with --force where a dataset is stale) to repair"
         )
-    echo(f"run {run}: OK ({len(report.checked)} datasets and checkpoints verified)")
+    so_far = " so far" if report.holder is not None else ""
+    echo(f"run {run}: OK{so_far} ({len(report.checked)} datasets and checkpoints verified)")
 
 
 @app.command("health")

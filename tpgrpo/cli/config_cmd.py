@@ -16,20 +16,39 @@ app = typer.Typer(help="Validate or show experiment configs.", no_args_is_help=T
 def validate(
     config: Annotated[str, typer.Argument(help="Experiment YAML")],
     overrides: SetOption = None,
+    other_machine: Annotated[
+        bool,
+        typer.Option(
+            "--other-machine",
+            help="Validate for another machine: skip the check that this one has model.device (a GPU)",
+        ),
+    ] = False,
 ) -> None:
-    """Validate a config: every problem is listed at once; exit code 2 if any."""
+    """Validate a config: every problem is listed at once; exit code 2 if any.
+
+    Also checks that this machine has `model.device` (e.g. a CUDA GPU), unless --other-machine."""
     from tpgrpo.config import load_config
+    from tpgrpo.errors import ConfigError, UserError
     from tpgrpo.rewards import make_reward
     from tpgrpo.stages.common import describe_window, window_check
     from tpgrpo.stages.prompts import check_prompts_for_reward, read_prompt_source
 
     cfg = load_config(config, overrides or [])
-    make_reward(cfg.reward.spec)  # raises UserError on unknown rewards / bad params
-    problems = check_prompts_for_reward(read_prompt_source(cfg.rollout.prompts), cfg.reward.spec)
+    problems: list[str] = []
+    if not other_machine:
+        from tpgrpo.models.devices import check_model_device
+
+        try:
+            check_model_device(cfg)
+        except UserError as err:
+            problems.append(f"{err} (or validate with --other-machine)")
+    from tpgrpo.storage import validate_key
+
+    # unknown rewards and bad parameters raise UserError; the key becomes a folder name
+    validate_key(make_reward(cfg.reward.spec).key)
+    problems += check_prompts_for_reward(read_prompt_source(cfg.rollout.prompts), cfg.reward.spec)
     problems += window_check(cfg)  # SPEC §2's floor on the model's grid, when its directory is here
     if problems:
-        from tpgrpo.errors import ConfigError
-
         raise ConfigError(problems)
     window = describe_window(cfg)
     groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration

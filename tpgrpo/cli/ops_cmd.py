@@ -48,11 +48,16 @@ def rescore(
 
     Nothing is generated and the run's own datasets are only read. Finished outputs are skipped.
     """
+    from tpgrpo.cli.console import quiet_expected_failures
     from tpgrpo.flows.rescore import rescore as run_rescore
+    from tpgrpo.flows.server import temporary_server
     from tpgrpo.report.runs import config_reward_key, manifest_or_none
+    from tpgrpo.report.select import skipped_error
 
+    quiet_expected_failures()
     ctx = load_run(run, root)
-    result = run_rescore(ctx, reward, iters=iters, modes=mode, force=force)
+    with temporary_server():  # dies with this process, even under kill -9
+        result = run_rescore(ctx, reward, iters=iters, modes=mode, force=force)
     key, own = result["reward_key"], config_reward_key(ctx)
     echo(f"rescored run {run} with reward {key} (run reward: {own})")
     echo(f"{'iter':>4}  {'mode':<15}{'score':>10}{f'{own} final':>16}{'final':>10}{'tps':>6}{'kept':>6}")
@@ -67,6 +72,15 @@ def rescore(
             )
     echo(f"scores:      {ctx.layout.run_dir}/iter=NNNN/rewards/{key}")
     echo(f"annotations: {ctx.layout.run_dir}/iter=NNNN/annotations/{key}/<mode>")
+    _fail_on_skips(run, result["skipped"], sorted(result["iterations"]), skipped_error)
+
+
+def _fail_on_skips(run: str, skipped: dict[int, str], done: list[int], error: Any) -> None:
+    """Name every skipped iteration on its own line (stderr), then fail: never a silent partial result."""
+    for i, reason in sorted(skipped.items()):
+        typer.echo(f"skipped iteration {i}: {reason}", err=True)
+    if skipped:
+        raise error(run, skipped, done)
 
 
 def annotate(
@@ -87,16 +101,17 @@ def annotate(
     """Re-annotate stored scores with another reward mode (an ablation: seconds of CPU, no sampling)."""
     from tpgrpo.flows.rescore import guard_training_data
     from tpgrpo.flows.steps import annotate_step
-    from tpgrpo.report.runs import finished_iterations
-    from tpgrpo.report.select import check_modes, check_reward_key, select_iterations
+    from tpgrpo.report.runs import usable_iterations
+    from tpgrpo.report.select import check_modes, check_reward_key, select_with_skips, skipped_error
     from tpgrpo.storage.lock import run_lock
 
     ctx = load_run(run, root)
     modes = check_modes(mode)
     stored = sorted({k for i in ctx.layout.list_iterations() for k in ctx.layout.list_rewards(i)})
     key = check_reward_key(reward, stored, run_id=run)
-    iterations = select_iterations(
-        iters, finished_iterations(ctx, "rewards", key), run_id=run, what=f"stored {key!r} scores"
+    usable, unusable = usable_iterations(ctx, ("rollouts", "rewards"), key)
+    iterations, skipped = select_with_skips(
+        iters, usable, unusable, run_id=run, what=f"stored {key!r} scores"
     )
     guard_training_data(ctx, key, modes, force)
     echo(f"{'iter':>4}  {'mode':<15}{'initial':>10}{'final':>10}{'tps':>6}{'kept':>6}{'zero-adv':>10}")
@@ -110,6 +125,7 @@ def annotate(
                     f"{metrics.get('kept', 0):>6}{metrics.get('zero_advantage_trajectories', 0):>10}"
                 )
     echo(f"annotations: {ctx.layout.run_dir}/iter=NNNN/annotations/{key}/<mode>")
+    _fail_on_skips(run, skipped, iterations, skipped_error)
 
 
 def evaluate(
@@ -136,19 +152,23 @@ def evaluate(
     root: RootOption = None,
 ) -> None:
     """Evaluate checkpoints: ODE samples of held-out prompts with the EMA weights, scored per task."""
+    from tpgrpo.cli.console import quiet_expected_failures
     from tpgrpo.flows.evaluate import run_evaluation
+    from tpgrpo.flows.server import temporary_server
 
+    quiet_expected_failures()
     ctx = load_run(run, root)
-    results = run_evaluation(
-        ctx,
-        checkpoint=checkpoint,
-        reward=reward,
-        steps=steps,
-        prompts=prompts,
-        per_task=per_task,
-        replicates=replicates,
-        force=force,
-    )
+    with temporary_server():  # dies with this process, even under kill -9
+        results = run_evaluation(
+            ctx,
+            checkpoint=checkpoint,
+            reward=reward,
+            steps=steps,
+            prompts=prompts,
+            per_task=per_task,
+            replicates=replicates,
+            force=force,
+        )
     for res in results:
         title = (
             f"run {run} checkpoint {res['checkpoint']} ({res['name']}), reward {res['reward_key']}, "

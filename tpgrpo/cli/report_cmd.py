@@ -26,14 +26,19 @@ def report(
     root: RootOption = None,
 ) -> None:
     """Reward curves (iteration, model evaluations, wall-clock), turning-point statistics, image strips."""
-    from tpgrpo.cli.audit_cmd import key_and_mode
+    from tpgrpo.cli.audit_cmd import fail_on_left_out, key_and_mode
+    from tpgrpo.cli.common import check_output_dir
     from tpgrpo.report.build import build_report
     from tpgrpo.storage.uri import is_s3
 
+    if out is not None:
+        check_output_dir(out, "--out")
     ctx = load_run(run, root)
     key, m = key_and_mode(ctx, reward, mode)
     target = out or (f"./{run}-report" if is_s3(ctx.layout.run_dir) else f"{ctx.layout.run_dir}/report")
+    check_output_dir(target, "--out")
     files = build_report(ctx, target, reward_key=key, mode=m, log=echo)
     for image in files.images:
         echo(f"png:  {image}")
     echo(f"html: {files.html}")
+    fail_on_left_out(ctx, key, m)

@@ -22,12 +22,17 @@ def _when(stamp: Any) -> str:
 
 @app.command("list")
 def list_runs(root: RootOption = None) -> None:
-    """One line per run under the root: status, iterations done, last train/eval reward."""
+    """One line per run under the root: status, iterations done, last train/eval reward.
+
+    A damaged run gets one line saying so and what to do; every other run is still listed, and the
+    exit code is then 1."""
     from tpgrpo.errors import TpgrpoError
     from tpgrpo.report.runs import run_info
     from tpgrpo.storage import list_runs as stored_runs
+    from tpgrpo.storage.access import check_root
 
     base = resolve_root(root)
+    check_root(base)  # a root that is a file, or S3 without credentials, is an error, not "no runs"
     ids = stored_runs(base)
     if not ids:
         echo(f"no runs under {base} (start one with: tpgrpo train --root {base})")
@@ -37,11 +42,13 @@ def list_runs(root: RootOption = None) -> None:
         f"  {'MODEL':<24}{'CREATED':<16}"
     )
     echo(header.rstrip())
+    damaged = 0
     for run_id in ids:
         try:
             info = run_info(load_run(run_id, base))
         except TpgrpoError as err:  # one unreadable run must not hide the others
-            echo(f"{run_id:<20}{'unreadable':<13}{'-':>7}  {str(err)[:80]}")
+            echo(f"{run_id:<20}{'damaged':<13}{'-':>7}  {err}")
+            damaged += 1
             continue
         cfg = info.config
         last, ev = info.last, info.last_eval()
@@ -52,6 +59,8 @@ def list_runs(root: RootOption = None) -> None:
             f"{_num(ev.metrics.get('score') if ev else None):>10}"
             f"  {cfg.model.path[-24:]:<24}{_when(info.created)}"
         )
+    if damaged:  # every run is listed; the exit code tells a script that some could not be read
+        raise typer.Exit(1)
 
 
 @app.command("show")
@@ -61,14 +70,12 @@ def show(
 ) -> None:
     """A run in detail: config summary, per-iteration rewards and costs, rescored keys, evaluations."""
     from tpgrpo.report.runs import format_windows, run_info, run_windows, stage_reached
-    from tpgrpo.storage.files import read_bytes
-    from tpgrpo.storage.uri import filesystem_for
+    from tpgrpo.storage import read_run_record
 
     ctx = load_run(run_id, root)
     info = run_info(ctx)
     cfg = info.config
-    fs, path = filesystem_for(ctx.layout.run_json(), ctx.storage_options)
-    stored = json.loads(read_bytes(fs, path))
+    stored = read_run_record(ctx.layout) or {}
     window = format_windows(run_windows(ctx), cfg)
     groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
     holder = info.holder
@@ -120,3 +127,52 @@ def show(
     else:
         lines.append(f"evaluations none (run: tpgrpo evaluate --run {info.run_id})")
     echo("\n".join(lines))
+
+
+@app.command("invalidate")
+def invalidate(
+    run_id: Annotated[str, typer.Argument(help="Run id")],
+    start: Annotated[int, typer.Option("--from", min=0, help="First iteration whose outputs are cleared")],
+    after: Annotated[
+        str | None,
+        typer.Option(
+            "--after",
+            help="Keep iteration --from's outputs up to this stage (rollout | branch | score | annotate) "
+            "[default: clear the whole iteration]",
+        ),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Remove them (without it: only list them)")] = False,
+    root: RootOption = None,
+) -> None:
+    """Clear what was built from a rebuilt input that differs: iteration --from on, later checkpoints
+    and their evaluations. `tpgrpo train` then rebuilds them. Without --yes, only lists them."""
+    from tpgrpo.errors import UserError
+    from tpgrpo.report.runs import checkpoint_or_none, config_reward_key
+    from tpgrpo.storage.invalidate import invalidate as remove
+    from tpgrpo.storage.invalidate import plan_invalidation
+    from tpgrpo.storage.lock import run_lock
+
+    ctx = load_run(run_id, root)
+    layout = ctx.layout
+    if checkpoint_or_none(layout.checkpoint(start), ctx.storage_options) is None:
+        raise UserError(
+            f"checkpoint {start} of run {run_id!r} is not finished: iteration {start} has nothing to be "
+            "rebuilt from; pick an earlier --from"
+        )
+    targets = plan_invalidation(layout, start, after, config_reward_key(ctx))
+    prefix = layout.run_dir.rstrip("/") + "/"
+    if not targets:
+        where = f"stage {after} of iteration {start}" if after else f"iteration {start}"
+        echo(f"run {run_id}: nothing stored from {where} on")
+        return
+    if not yes:
+        echo(f"run {run_id}: would remove {len(targets)} folder(s):")
+        for uri in targets:
+            echo(f"  {uri.removeprefix(prefix)}")
+        echo("rerun with --yes to remove them; then train again to rebuild them")
+        return
+    with run_lock(layout.lock(), ctx.storage_options):  # never under a running train
+        remove(layout, targets)
+    for uri in targets:
+        echo(f"removed {uri.removeprefix(prefix)}")
+    echo(f"run {run_id}: invalidated from iteration {start}; run the same tpgrpo train command to rebuild")

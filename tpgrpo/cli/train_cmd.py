@@ -25,7 +25,10 @@ def train(
         str | None, typer.Option("--run-id", help="Run id [default: the config's name]; same id resumes")
     ] = None,
     iterations: Annotated[
-        int | None, typer.Option("--iterations", min=1, help="Iterations to reach [default: the config's]")
+        int | None,
+        typer.Option(
+            "--iterations", min=1, max=1_000_000, help="Iterations to reach [default: the config's]"
+        ),
     ] = None,
     overrides: SetOption = None,
     root: RootOption = None,
@@ -34,17 +37,22 @@ def train(
 
     Running the same command again resumes: finished stages are skipped, crash debris is redone.
     """
+    from tpgrpo.cli.console import quiet_expected_failures
     from tpgrpo.config import load_config
+    from tpgrpo.flows.server import temporary_server
     from tpgrpo.flows.train import train as run_train
+
+    quiet_expected_failures()
 
     cfg = load_config(config or default_config_path(), overrides or [])
     base = resolve_root(root, cfg.storage.root)
-    result = run_train(cfg, run_id=run_id, iterations=iterations, root=base)
+    with temporary_server():  # dies with this process, even under kill -9
+        result = run_train(cfg, run_id=run_id, iterations=iterations, root=base)
     run_dir = result["run_dir"]
     echo(f"run finished: {result['iterations']} iteration(s) in {run_dir}")
     echo(f"  datasets:  {run_dir}/iter=NNNN/{{rollouts,branches,rewards,annotations,updates}}")
     echo(f"  adapters:  {run_dir}/checkpoints/")
-    echo(f"  inspect:   tpgrpo runs show {run_id or cfg.name} --root {base}")
+    echo(f"  inspect:   tpgrpo runs show {cfg.name if run_id is None else run_id} --root {base}")
 
 
 def stage(

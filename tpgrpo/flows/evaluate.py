@@ -276,17 +276,21 @@ def run_evaluation(
     """Validate every argument, then run the evaluate flow.
 
     Raises:
-        UserError: an unknown checkpoint, reward, step count or prompt set.
+        UserError: a device this machine lacks, an unknown checkpoint, reward, step count or prompt set.
     """
+    from tpgrpo.models.devices import check_model_device
     from tpgrpo.report.select import parse_reward_spec
     from tpgrpo.stages.prompts import check_prompts_for_reward
+    from tpgrpo.storage import validate_key
 
+    check_model_device(ctx.cfg)  # e.g. a GPU run evaluated on a machine without one
     checkpoints = select_checkpoints(ctx, checkpoint)
     spec = parse_reward_spec(reward) if reward is not None else ctx.cfg.reward.spec
-    ctx.reward(spec)  # unknown names and bad parameters fail here, before any sampling
+    # unknown names, bad parameters and a key that cannot be a folder name fail here, before sampling
+    validate_key(ctx.reward_key(spec))
     n_steps = steps if steps is not None else ctx.cfg.sampling.eval_steps
-    if n_steps < 1:
-        raise UserError(f"--steps must be at least 1, got {n_steps}")
+    if not 1 <= n_steps <= 1000:
+        raise UserError(f"--steps must be in 1 … 1000, got {n_steps}")
     if replicates < 1:
         raise UserError(f"--replicates must be at least 1, got {replicates}")
     _, rows = eval_prompts(ctx, prompts, per_task)

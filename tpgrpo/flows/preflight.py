@@ -7,34 +7,22 @@ Prefect task (whose failure would be logged with a traceback). Everything here o
 
 from __future__ import annotations
 
-import json
-
 from tpgrpo.errors import ConfigError, UserError
 from tpgrpo.flows.steps import RunContext
 from tpgrpo.stages.common import window_check
 from tpgrpo.stages.prompts import check_prompts_for_reward, read_prompt_source
-from tpgrpo.storage import validate_key
-from tpgrpo.storage.files import exists, read_bytes
-from tpgrpo.storage.uri import filesystem_for
+from tpgrpo.storage import read_run_record, validate_key
 
 
 def check_existing_run(ctx: RunContext) -> None:
     """A run id that exists must hold this config (same hash) to be resumed.
 
     Raises:
-        UserError: the run exists with another config, or its `run.json` is unreadable.
+        UserError: the run exists with another config.
+        DataError: its `run.json` is damaged.
     """
-    fs, path = filesystem_for(ctx.layout.run_json(), ctx.storage_options)
-    if not exists(fs, path):
-        return
-    try:
-        stored = json.loads(read_bytes(fs, path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(
-            f"{ctx.layout.run_json()} is not valid JSON ({err}); this run id cannot be resumed: "
-            "use another --run-id"
-        ) from None
-    if not isinstance(stored, dict) or stored.get("config_hash") != ctx.cfg.hash():
+    stored = read_run_record(ctx.layout)
+    if stored is not None and stored.get("config_hash") != ctx.cfg.hash():
         raise UserError(
             f"run {ctx.layout.run_id!r} already exists with a different config "
             f"(see {ctx.layout.run_json()}); use another --run-id, or the same config to resume it"
@@ -44,7 +32,9 @@ def check_existing_run(ctx: RunContext) -> None:
 def preflight(ctx: RunContext) -> None:
     """Everything about a run that can be checked before its first byte is written.
 
+    - the runs root: reachable, with credentials, bucket and access (S3), not a file (local);
     - the run id (already validated by `RunLayout`) and, for an existing run, the same config;
+    - the device: this machine has `model.device` (and a GPU per data-parallel process);
     - the model: a local `model.path` must be a pipeline directory of `model.family` with
       safetensors weights (a hub id is left to loading);
     - the reward: built as the score stage will build it (cached per process), so an unknown
@@ -56,14 +46,19 @@ def preflight(ctx: RunContext) -> None:
       a stored run whose explicit window breaks the floor; reading it (runs, audit, report) still works.
 
     Raises:
-        UserError: the first kind of problem found (`ConfigError` lists every prompt problem).
+        UserError: the first kind of problem found (`ConfigError` lists every prompt problem,
+            `StorageAccessError` names what the runs root lacks).
         RewardError: the reward could not be reached (e.g. its server is down).
     """
+    from tpgrpo.models.devices import check_model_device
     from tpgrpo.models.factory import resolve_model_path
     from tpgrpo.models.pipeline import check_pipeline_dir
+    from tpgrpo.storage.access import check_root
 
     cfg = ctx.cfg
+    check_root(ctx.layout.root, ctx.storage_options)
     check_existing_run(ctx)
+    check_model_device(cfg)
     check_pipeline_dir(resolve_model_path(cfg.model.path), cfg.model.family)
     validate_key(ctx.reward_key())
     rows = read_prompt_source(cfg.rollout.prompts)

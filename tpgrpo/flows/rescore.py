@@ -21,6 +21,7 @@ from tpgrpo.flows import steps
 from tpgrpo.flows.runner import task_runner_for
 from tpgrpo.flows.steps import RunContext
 from tpgrpo.flows.train import retry_on_io
+from tpgrpo.storage import validate_key
 from tpgrpo.storage.lock import run_lock
 
 TASK_OPTIONS: dict[str, Any] = dict(
@@ -111,27 +112,37 @@ def rescore(
     Args:
         ctx: the stored run.
         spec: reward spec text or mapping (`"jpeg"`, `'{"name": "jpeg", "quality": 50}'`).
-        iters: `--iters` selection (default: every iteration with stored branches).
+        iters: `--iters` selection (default: every stored iteration).
         modes: reward modes to annotate (default: the run's mode; `all` for every mode).
         force: replace finished outputs of this reward key built from other inputs.
+
+    Returns:
+        `{"reward_key", "iterations": {i: {"score", "annotations"}}, "skipped": {i: reason}}`:
+        `skipped` holds the selected iterations whose rollouts or branches are missing or damaged
+        (nothing was written for them; the caller names them and fails).
 
     Raises:
         UserError: bad spec, unknown reward or mode, iterations outside the run, a protected key,
             or the run is locked by another process.
     """
-    from tpgrpo.report.runs import finished_iterations
-    from tpgrpo.report.select import check_modes, parse_reward_spec, select_iterations
+    from tpgrpo.report.runs import usable_iterations
+    from tpgrpo.report.select import check_modes, parse_reward_spec, select_with_skips
 
     parsed = parse_reward_spec(spec)
-    key = ctx.reward_key(parsed)  # builds the reward: unknown names and bad parameters fail here
-    iterations = select_iterations(
-        iters, finished_iterations(ctx, "branches"), run_id=ctx.layout.run_id, what="stored branches"
+    key = validate_key(ctx.reward_key(parsed))  # builds the reward: unknown names, bad parameters
+    # and a key that cannot be a folder name fail here, before any flow starts
+    usable, unusable = usable_iterations(ctx, ("rollouts", "branches"))
+    iterations, skipped = select_with_skips(
+        iters, usable, unusable, run_id=ctx.layout.run_id, what="stored branches"
     )
     chosen = check_modes(modes or [ctx.cfg.reward.mode])
     guard_training_data(ctx, key, chosen, force, spec=parsed)
-    with run_lock(ctx.layout.lock(), ctx.storage_options):
-        flow_fn = rescore_flow.with_options(task_runner=task_runner_for(ctx.cfg))
-        result: dict[str, Any] = flow_fn(ctx, parsed, iterations, chosen, force)
+    result: dict[str, Any] = {"reward_key": key, "iterations": {}}
+    if iterations:
+        with run_lock(ctx.layout.lock(), ctx.storage_options):
+            flow_fn = rescore_flow.with_options(task_runner=task_runner_for(ctx.cfg))
+            result = flow_fn(ctx, parsed, iterations, chosen, force)
+    result["skipped"] = skipped
     return result
 
 
@@ -150,6 +161,12 @@ def rescore_deployment(
     `iters` as `--iters` (a bare number is one iteration).
     """
     from tpgrpo.cli.common import load_run
+    from tpgrpo.report.select import skipped_error
 
     selection = str(iters) if iters is not None else None
-    return rescore(load_run(run, root), reward, iters=selection, modes=modes, force=force)
+    result = rescore(load_run(run, root), reward, iters=selection, modes=modes, force=force)
+    for i, reason in sorted(result["skipped"].items()):
+        _log(f"skipped iteration {i}: {reason}")
+    if result["skipped"]:  # the flow run fails, naming what it skipped
+        raise skipped_error(run, result["skipped"], sorted(result["iterations"]))
+    return result

@@ -36,10 +36,11 @@ from tpgrpo.storage import (
     manifest_hash,
     prepare_output,
     read_manifest,
+    read_run_record,
     write_dataset,
 )
 from tpgrpo.storage.blobs import blob_state, clear_blobs, read_blob_manifest
-from tpgrpo.storage.files import exists, read_bytes, write_atomic
+from tpgrpo.storage.files import write_atomic
 from tpgrpo.storage.provenance import code_version
 from tpgrpo.storage.uri import filesystem_for
 
@@ -115,8 +116,8 @@ def init_run(ctx: RunContext, log: Log = _quiet) -> None:
     """
     cfg, layout, opts = ctx.cfg, ctx.layout, ctx.storage_options
     fs, path = filesystem_for(layout.run_json(), opts)
-    if exists(fs, path):
-        stored = json.loads(read_bytes(fs, path))
+    stored = read_run_record(layout)
+    if stored is not None:
         if stored.get("config_hash") != cfg.hash():
             raise UserError(
                 f"run {layout.run_id!r} already exists with a different config (see {layout.run_json()}); "
@@ -237,6 +238,25 @@ def plan(
     raise UserError(f"unknown dataset stage {stage!r}; choose one of {list(STAGES)}")
 
 
+_BEFORE = {"rollout": None, "branch": "rollout", "score": "branch", "annotate": "score", "update": "annotate"}
+"""The stage whose output a stage reads (None: rollouts read the checkpoint)."""
+
+
+def invalidate_command(ctx: RunContext, iteration: int, after: str | None) -> str:
+    """The `tpgrpo runs invalidate` command that clears what was built from a changed output."""
+    tail = f" --after {after}" if after else ""
+    return f"tpgrpo runs invalidate {ctx.layout.run_id} --from {iteration}{tail} --root {ctx.layout.root}"
+
+
+def stale_hint(ctx: RunContext, stage: str, iteration: int) -> str:
+    """What to do about a finished output of `stage` that was built from other inputs."""
+    return (
+        "its inputs were rebuilt since and differ. Replace it alone with tpgrpo stage "
+        f"{stage} --run {ctx.layout.run_id} --iter {iteration} --force, or clear it and everything built "
+        f"on it with {invalidate_command(ctx, iteration, _BEFORE[stage])} --yes, then train again"
+    )
+
+
 def prepare(ctx: RunContext, p: Plan, force: bool = False) -> str:
     """ "skip" or "write" (debris and forced outputs cleared); raises on stale outputs."""
     return prepare_output(
@@ -246,7 +266,96 @@ def prepare(ctx: RunContext, p: Plan, force: bool = False) -> str:
         schema_name=p.schema,
         force=force,
         storage_options=ctx.storage_options,
+        stale_hint=stale_hint(ctx, p.stage, p.iteration) if p.stage in _BEFORE else None,
     )
+
+
+# --- outputs that differ from what later datasets were built from ----------------------------------
+
+
+def _recorded_inputs(ctx: RunContext, uri: str, checkpoint: bool = False) -> dict[str, str] | None:
+    """The inputs a finished dataset (or checkpoint) records; None when unfinished or unreadable."""
+    try:
+        if checkpoint:
+            return read_blob_manifest(uri, ctx.storage_options).inputs
+        return read_manifest(uri, ctx.storage_options).inputs
+    except DataError:
+        return None
+
+
+def _consumers(
+    ctx: RunContext, stage: str, iteration: int, key: str, mode: str
+) -> list[tuple[str, bool, str]]:
+    """(uri, is a checkpoint, input name) of everything stored that reads the output of `stage`."""
+    layout, own_key, own_mode = ctx.layout, ctx.reward_key(), ctx.cfg.reward.mode
+    i = iteration
+    if stage == "rollout":
+        keys = sorted({*layout.list_rewards(i), own_key})
+        out = [(layout.branches(i), False, "rollouts"), (layout.updates(i), False, "rollouts")]
+        out += [
+            (layout.annotations(i, k, m), False, "rollouts")
+            for k in keys
+            for m in layout.list_annotations(i, k)
+        ]
+        return [*out, (layout.checkpoint(i + 1), True, "rollouts")]
+    if stage == "branch":
+        return [(layout.rewards(i, k), False, "branches") for k in layout.list_rewards(i)]
+    if stage == "score":
+        return [(layout.annotations(i, key, m), False, "rewards") for m in layout.list_annotations(i, key)]
+    if stage == "annotate":
+        if (key, mode) != (own_key, own_mode):
+            return []
+        return [(layout.updates(i), False, "annotations"), (layout.checkpoint(i + 1), True, "annotations")]
+    # update i wrote checkpoint i + 1
+    k = i + 1
+    out = [(layout.rollouts(k), False, "checkpoint"), (layout.updates(k), False, "checkpoint")]
+    out.append((layout.checkpoint(k + 1), True, "checkpoint"))
+    for name, reward_key in layout.list_evals():
+        if name == f"iter={k:04d}" or name.startswith(f"iter={k:04d}."):
+            out.append((layout.eval(name, reward_key), False, "checkpoint"))
+    return out
+
+
+def report_stale_consumers(
+    ctx: RunContext, stage: str, iteration: int, new_hash: str, log: Log, key: str = "", mode: str = ""
+) -> list[str]:
+    """After `stage` wrote an output with hash `new_hash`: the stored datasets and checkpoints that
+    were built from another version of it (now stale), announced through `log` with the command that
+    invalidates them. A rebuilt output equal to the old one has the old hash: nothing is stale then.
+
+    Returns:
+        `list[str]`: the stale consumers' URIs (empty when none).
+    """
+    stale = []
+    for uri, checkpoint, name in _consumers(ctx, stage, iteration, key, mode):
+        recorded = _recorded_inputs(ctx, uri, checkpoint)
+        if recorded is not None and name in recorded and recorded[name] != new_hash:
+            stale.append(uri)
+    if not stale:
+        return stale
+    prefix = ctx.layout.run_dir.rstrip("/") + "/"
+    written = {
+        "rollout": ctx.layout.rollouts(iteration),
+        "branch": ctx.layout.branches(iteration),
+        "score": ctx.layout.rewards(iteration, key) if key else "",
+        "annotate": ctx.layout.annotations(iteration, key, mode) if key and mode else "",
+        "update": ctx.layout.checkpoint(iteration + 1),
+    }[stage].removeprefix(prefix)
+    names = ", ".join(u.removeprefix(prefix) for u in stale[:4]) + (" …" if len(stale) > 4 else "")
+    if stage == "update":
+        fix = invalidate_command(ctx, iteration + 1, None)
+    elif stage in ("score", "annotate") and key != ctx.reward_key():
+        fix = (
+            f"tpgrpo annotate --run {ctx.layout.run_id} --reward {key} --mode all --iters {iteration} --force"
+        )
+    else:
+        fix = invalidate_command(ctx, iteration, stage)
+    log(
+        f"warning: {written} differs from the one it replaced: {len(stale)} later dataset(s) and "
+        f"checkpoint(s) were built from the old one and are now stale ({names}); clear them and "
+        f"everything built on them with: {fix} (add --yes), then train again"
+    )
+    return stale
 
 
 # --- sharded model stages -----------------------------------------------------------------------
@@ -308,15 +417,18 @@ SHARD_FUNCS: dict[str, Callable[..., dict[str, float]]] = {
 }
 
 
-def finalize(ctx: RunContext, p: Plan, stats: list[dict[str, float]]) -> Any:
-    """Write the manifest of a sharded stage, with its shards' summed stats."""
+def finalize(
+    ctx: RunContext, p: Plan, stats: list[dict[str, float]], log: Log = _quiet, spec: Any = None
+) -> Any:
+    """Write the manifest of a sharded stage, with its shards' summed stats; announces the stored
+    datasets built from another version of this output (`report_stale_consumers`)."""
     total = {k: sum(s.get(k, 0.0) for s in stats) for k in stats[0]} if stats else {}
     metrics: dict[str, Any] = {k: v for k, v in total.items() if k not in ("seconds", "model_evals")}
     if p.stage == "score" and total.get("images"):
         metrics["score_mean"] = total["score_sum"] / total["images"]
         if total.get("strict_count"):
             metrics["strict_mean"] = total["strict_sum"] / total["strict_count"]
-    return finalize_dataset(
+    manifest = finalize_dataset(
         p.output,
         p.schema,
         inputs=p.inputs,
@@ -327,6 +439,9 @@ def finalize(ctx: RunContext, p: Plan, stats: list[dict[str, float]]) -> Any:
         shards=len(stats),
         storage_options=ctx.storage_options,
     )
+    key = ctx.reward_key(spec) if p.stage == "score" else ""
+    report_stale_consumers(ctx, p.stage, p.iteration, manifest.hash, log, key=key)
+    return manifest
 
 
 def sharded_step(
@@ -338,7 +453,7 @@ def sharded_step(
         log(f"{stage} it{iteration}: done, skipped")
         return read_manifest(p.output, ctx.storage_options)
     n = ctx.cfg.rollout.shards
-    manifest = finalize(ctx, p, [SHARD_FUNCS[stage](ctx, p, s, n, spec) for s in range(n)])
+    manifest = finalize(ctx, p, [SHARD_FUNCS[stage](ctx, p, s, n, spec) for s in range(n)], log, spec)
     log(f"{stage} it{iteration}: {manifest.rows} rows, {manifest.model_evals} model evaluations")
     return manifest
 
@@ -389,6 +504,7 @@ def annotate_step(
     log(
         f"annotate it{iteration} ({mode}): {summary['turning_points']} turning points, {summary['kept']} kept"
     )
+    report_stale_consumers(ctx, "annotate", iteration, manifest.hash, log, key=key, mode=mode)
     return manifest
 
 
@@ -443,11 +559,16 @@ def prepare_update(ctx: RunContext, iteration: int, force: bool = False) -> Upda
         same = existing.inputs == inputs and existing.config_hash == chash
         if not same and not force:
             raise DataError(
-                f"{ckpt_out} was trained from other inputs or config than this run's; "
-                "rerun with --force to replace it"
+                f"{ckpt_out} was trained from other inputs or config than this run's: "
+                + stale_hint(ctx, "update", iteration)
             )
         upd = prepare_output(
-            updates_out, inputs=inputs, config_hash=chash, schema_name="updates", storage_options=opts
+            updates_out,
+            inputs=inputs,
+            config_hash=chash,
+            schema_name="updates",
+            storage_options=opts,
+            stale_hint=stale_hint(ctx, "update", iteration),
         )
         if same and upd == "skip" and not force:
             return UpdatePlan(inputs, chash, annotations, done=existing)
@@ -479,7 +600,7 @@ def update_step(
         log(f"update it{iteration}: done, skipped")
         return up.done
 
-    from tpgrpo.models.state import rng_state
+    from tpgrpo.models.state import seeded_rng_state
 
     policy = ctx.policy()
     optimizer, ema, train_state, _ = load_checkpoint(
@@ -501,7 +622,7 @@ def update_step(
     if dp.rank != 0:  # every rank holds the same rows and weights: one writes them
         return dp.broadcast(None)
     train_state.iteration = iteration + 1
-    train_state.rng = rng_state()
+    train_state.rng = seeded_rng_state(cfg.seed, iteration + 1)
     metrics = {**update.summarize(rows), "forward_samples": stats["forward_samples"]}
     write_dataset(
         layout.updates(iteration),
@@ -525,6 +646,7 @@ def update_step(
         storage_options=opts,
     )
     log(f"update it{iteration}: {len(rows)} optimizer steps, mean loss {metrics.get('loss_mean', 0.0):.4g}")
+    report_stale_consumers(ctx, "update", iteration, manifest.hash, log)
     return dp.broadcast(manifest)
 
 

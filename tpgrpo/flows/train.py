@@ -65,7 +65,7 @@ def shard_task(ctx: RunContext, p: Plan, shard: int, num_shards: int) -> dict[st
 
 @task(name="finalize", **_TASK)  # type: ignore[call-overload]
 def finalize_task(ctx: RunContext, p: Plan, stats: list[dict[str, float]]) -> dict[str, Any]:
-    manifest = steps.finalize(ctx, p, stats)
+    manifest = steps.finalize(ctx, p, stats, _log)
     return {"rows": manifest.rows, "model_evals": manifest.model_evals, "metrics": manifest.metrics}
 
 
@@ -139,7 +139,8 @@ def train(
 
     Bad input (see `preflight`) fails before the lock is taken: nothing is written then.
     """
-    ctx = RunContext.create(cfg, run_id or cfg.name, root)
+    # an empty run id is a mistake (RunLayout refuses it), never "the config's name"
+    ctx = RunContext.create(cfg, cfg.name if run_id is None else run_id, root)
     n = iterations if iterations is not None else cfg.iterations
     preflight(ctx)
     with run_lock(ctx.layout.lock(), ctx.storage_options):

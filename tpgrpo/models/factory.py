@@ -57,11 +57,13 @@ def load_policy(model_cfg: ModelConfig) -> Policy:
             device, `max_sequence_length` (T5 tokens), height/width (checked against the model).
 
     Raises:
-        UserError: a missing/unknown path, a checkpoint of another family, or an image size the
-            model cannot take.
+        UserError: a device this machine lacks, a missing/unknown path, a checkpoint of another
+            family, or an image size the model cannot take.
     """
+    from tpgrpo.models.devices import check_device
     from tpgrpo.models.pipeline import load_pipeline
 
+    check_device(model_cfg.device)
     path = resolve_model_path(model_cfg.path)
     pipeline = load_pipeline(path, model_cfg.family, dtype=model_cfg.dtype, device=model_cfg.device)
     policy: Policy

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from tpgrpo.errors import UserError
 from tpgrpo.models.flux import FLUX_LORA_TARGETS
 from tpgrpo.models.sd3 import SD3_LORA_TARGETS
+from tpgrpo.models.state import save_canonical
 
 ADAPTER = "default"
 """The peft adapter name: a policy carries one adapter."""
@@ -317,7 +317,7 @@ def adapter_to_bytes(transformer: Any, state: Mapping[str, torch.Tensor] | None 
         if bad:
             raise UserError(f"state to save does not match the adapter (differs at {bad[0]!r} …)")
         tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    return save_safetensors(tensors, metadata=spec.to_metadata())
+    return save_canonical(tensors, metadata=spec.to_metadata())
 
 
 def read_adapter(blob: bytes) -> tuple[dict[str, torch.Tensor], LoraSpec]:

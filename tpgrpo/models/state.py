@@ -8,11 +8,30 @@ able to run code. So an optimizer state is split into its tensors (one safetenso
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+
+
+def save_canonical(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """safetensors bytes that are a function of the tensors and metadata only.
+
+    `safetensors.torch.save` writes its JSON header (tensor entries and `__metadata__`) in a
+    hash-map order that varies between processes; the header is rewritten here with sorted keys and
+    no whitespace (padded with spaces to 8 bytes, as the format allows). The data section, whose
+    offsets the header records relative to its start, is unchanged, so any safetensors reader
+    loads the result as before.
+    """
+    blob = save_safetensors(dict(tensors), metadata=dict(metadata) if metadata is not None else None)
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + size :]
 
 
 def optimizer_to_bytes(optimizer: torch.optim.Optimizer) -> tuple[bytes, str]:
@@ -27,7 +46,7 @@ def optimizer_to_bytes(optimizer: torch.optim.Optimizer) -> tuple[bytes, str]:
             else:
                 scalars.setdefault(str(index), {})[name] = value
     meta = {"param_groups": state["param_groups"], "scalars": scalars}
-    return save_safetensors(tensors), json.dumps(meta)
+    return save_canonical(tensors), json.dumps(meta, sort_keys=True)
 
 
 def optimizer_from_bytes(optimizer: torch.optim.Optimizer, blob: bytes, meta_json: str) -> None:
@@ -52,9 +71,15 @@ def optimizer_from_bytes(optimizer: torch.optim.Optimizer, blob: bytes, meta_jso
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def rng_state() -> dict[str, Any]:
-    """The torch CPU RNG state as JSON-able data (a list of byte values)."""
-    return {"torch_cpu": torch.get_rng_state().tolist()}
+def seeded_rng_state(seed: int, position: int) -> dict[str, Any]:
+    """The torch CPU RNG state a checkpoint stores for the update at `position` (its iteration).
+
+    A function of the run seed and the position only, never of the process's history (what else
+    drew from the global generator before): two runs, and a run resumed anywhere, store the same
+    bytes and start each update from the same state. JSON-able: a list of byte values.
+    """
+    derived = int(np.random.SeedSequence([seed, position, 0x52_4E_47]).generate_state(1, np.uint64)[0])
+    return {"torch_cpu": torch.Generator().manual_seed(derived).get_state().tolist()}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -88,7 +113,7 @@ class EMA:
             p.copy_(self.shadow[name].to(p.dtype))
 
     def to_bytes(self) -> bytes:
-        return save_safetensors({k: v.contiguous() for k, v in self.shadow.items()})
+        return save_canonical({k: v.contiguous() for k, v in self.shadow.items()})
 
     def load_bytes(self, blob: bytes) -> None:
         loaded = load_safetensors(blob)

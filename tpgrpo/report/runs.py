@@ -8,7 +8,6 @@ rollouts dataset), which `runs show` and `report` call for one run. Used by `tpg
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,10 +15,11 @@ from datetime import datetime
 from typing import Any
 
 from tpgrpo.errors import DataError
-from tpgrpo.storage import MANIFEST_NAME, Manifest, RunLayout, read_manifest
+from tpgrpo.storage import MANIFEST_NAME, Manifest, RunLayout, read_manifest, read_run_record
 from tpgrpo.storage.blobs import BLOB_MANIFEST, BlobManifest, read_blob_manifest
-from tpgrpo.storage.files import exists, list_files, read_bytes
+from tpgrpo.storage.files import list_files
 from tpgrpo.storage.lock import lease_holder
+from tpgrpo.storage.reader import check_parts
 from tpgrpo.storage.uri import filesystem_for
 
 DATASET_STAGES = ("rollouts", "branches", "rewards", "annotations", "updates")
@@ -154,11 +154,14 @@ def config_reward_key(ctx: Any) -> str:
 
 
 def run_created(layout: RunLayout, storage_options: Mapping[str, Any] | None = None) -> datetime | None:
-    """The `created` stamp of `run.json`."""
-    fs, path = filesystem_for(layout.run_json(), storage_options)
-    if not exists(fs, path):
-        return None
-    return parse_time(json.loads(read_bytes(fs, path)).get("created"))
+    """The `created` stamp of `run.json`.
+
+    Raises:
+        `DataError`: `run.json` is damaged.
+    """
+    record = read_run_record(RunLayout(layout.root, layout.run_id, storage_options))
+    created = record.get("created") if record is not None else None
+    return parse_time(created if isinstance(created, str) else None)
 
 
 def iteration_record(ctx: Any, iteration: int, reward_key: str) -> IterationRecord:
@@ -257,6 +260,85 @@ def finished_iterations(ctx: Any, stage: str, reward_key: str | None = None) -> 
         if manifest_or_none(uri, opts) is not None:
             out.append(i)
     return out
+
+
+def usable_iterations(
+    ctx: Any, stages: tuple[str, ...], reward_key: str | None = None
+) -> tuple[list[int], dict[int, str]]:
+    """Every stored iteration, split by whether its `stages` datasets (`rewards`: of `reward_key`)
+    are finished and readable (manifest parses, part files listed as recorded).
+
+    Returns:
+        (`list[int]`, `dict[int, str]`): the usable iterations, and for each other one what is wrong
+        with its inputs, one line (missing, unfinished, or an unreadable manifest).
+    """
+    layout, opts = ctx.layout, ctx.storage_options
+    prefix = layout.run_dir.rstrip("/") + "/"
+    usable: list[int] = []
+    unusable: dict[int, str] = {}
+    for i in layout.list_iterations():
+        problems = []
+        for stage in stages:
+            uri = layout.rewards(i, reward_key or "") if stage == "rewards" else getattr(layout, stage)(i)
+            where = uri.removeprefix(prefix)
+            status = dataset_status(uri, opts)
+            if status == "missing":
+                problems.append(f"{where} is missing")
+            elif status == "debris":
+                problems.append(f"{where} is unfinished (its stage was interrupted)")
+            else:
+                try:
+                    manifest = read_manifest(uri, opts)
+                    fs, path = filesystem_for(uri, opts)
+                    check_parts(fs, path, manifest, uri)  # one listing: missing, resized or stray parts
+                except DataError as err:
+                    problems.append(str(err).removeprefix(prefix))
+        if problems:
+            unusable[i] = "; ".join(problems)
+        else:
+            usable.append(i)
+    return usable, unusable
+
+
+def annotation_iterations(ctx: Any, key: str, mode: str) -> tuple[list[int], dict[int, str]]:
+    """The iterations with finished `key`/`mode` annotations, and those whose annotations are there
+    but cannot be used, each with the reason: an unreadable manifest, or an unfinished folder while
+    no process holds the run's lock (a live run is writing it: left out without a word).
+
+    Iterations without that folder at all (a mode never annotated there) are in neither.
+    """
+    layout, opts = ctx.layout, ctx.storage_options
+    prefix = layout.run_dir.rstrip("/") + "/"
+    live = lease_holder(layout.lock(), opts) is not None
+    usable: list[int] = []
+    damaged: dict[int, str] = {}
+    for i in layout.list_iterations():
+        uri = layout.annotations(i, key, mode)
+        status = dataset_status(uri, opts)
+        if status == "missing":
+            continue
+        if status == "debris":
+            if not live:
+                damaged[i] = f"{uri.removeprefix(prefix)} is unfinished (its stage was interrupted)"
+            continue
+        try:
+            read_manifest(uri, opts)
+        except DataError as err:
+            damaged[i] = str(err).removeprefix(prefix)
+            continue
+        usable.append(i)
+    return usable, damaged
+
+
+def left_out_error(run_id: str, key: str, mode: str, damaged: Mapping[int, str]) -> DataError:
+    """The error `report` and `audit turning-points` exit with after leaving out damaged iterations
+    (each named on its own line before)."""
+    first = min(damaged)
+    return DataError(
+        f"run {run_id!r}: left out iteration(s) {', '.join(str(i) for i in sorted(damaged))}, whose "
+        f"{key}/{mode} annotations are damaged (listed above); rebuild them, e.g. tpgrpo annotate --run "
+        f"{run_id} --reward {key} --mode {mode} --iters {first} --force"
+    )
 
 
 def finished_checkpoints(ctx: Any) -> list[int]:

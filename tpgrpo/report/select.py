@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tpgrpo.errors import UserError
+from tpgrpo.errors import DataError, UserError
 
 _RANGE = re.compile(r"\s*(\d*)\s*:\s*(\d*)\s*")
 _SINGLE = re.compile(r"\s*(\d+)\s*")
@@ -67,6 +67,45 @@ def select_iterations(text: str | None, available: Sequence[int], *, run_id: str
             f"iteration(s) {_span(missing)} outside run {run_id!r}: iterations with {what} are {_span(have)}"
         )
     return wanted
+
+
+def select_with_skips(
+    text: str | None, usable: Sequence[int], unusable: Mapping[int, str], *, run_id: str, what: str
+) -> tuple[list[int], dict[int, str]]:
+    """The iterations `--iters` selects, split into those to work on and those it must skip.
+
+    Unlike `select_iterations`, a stored iteration whose inputs are missing or unreadable is not
+    silently left out: it is returned with the reason, so the command can name it and fail after
+    working on the others. Only `--iters` leaves an iteration out without a word.
+
+    Args:
+        text (`str | None`): as in `select_iterations`; None: every stored iteration.
+        usable (`Sequence[int]`): iterations that have what the command needs.
+        unusable (`Mapping[int, str]`): stored iterations that lack it, with the reason.
+        run_id (`str`), what (`str`): for messages.
+
+    Returns:
+        (`list[int]`, `dict[int, str]`): the selected usable iterations and the selected unusable ones.
+
+    Raises:
+        `UserError`: bad syntax, an empty range, or iterations the run does not have.
+    """
+    stored = sorted({*usable, *unusable})
+    if not stored:
+        raise UserError(f"run {run_id!r} has no iterations with {what} yet; train it first (tpgrpo train)")
+    wanted = select_iterations(text, stored, run_id=run_id, what=what)
+    return [i for i in wanted if i not in unusable], {i: unusable[i] for i in wanted if i in unusable}
+
+
+def skipped_error(run_id: str, skipped: Mapping[int, str], done: Sequence[int]) -> DataError:
+    """The error a command exits with after skipping iterations (each was named on its own line)."""
+    which = _span(sorted(skipped))
+    worked = f"worked on {_span(list(done))}; " if done else "nothing was done; "
+    return DataError(
+        f"run {run_id!r}: skipped iteration(s) {which}, whose inputs are missing or damaged (listed "
+        f"above); {worked}rebuild those inputs (tpgrpo train, tpgrpo stage …, or tpgrpo rescore for a "
+        "rescored key), or leave the iterations out with --iters"
+    )
 
 
 def check_iteration(iteration: int, available: Sequence[int], *, run_id: str, what: str) -> int:

@@ -17,8 +17,10 @@ rewards/<key>, every annotations/<key>/<mode>, updates; every eval/<checkpoint>/
 - for every checkpoint: complete (`_CHECKPOINT.json`), every file's size and SHA-256, the
   recorded hash, its iteration, and its lineage as above.
 
-Unfinished directories (debris of an interrupted stage) are faults too. Every fault is collected;
-nothing stops at the first.
+Unfinished directories (debris of an interrupted stage) are faults too — unless a live process
+holds the run's lock: then the run is being trained (or rescored), its unfinished outputs are
+work in progress, listed as such and not checked, and only what is finished is verified. Every
+fault is collected; nothing stops at the first.
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ Log = Callable[[str], None]
 
 @dataclass
 class VerifyReport:
-    """What `verify_run` checked and every fault it found."""
+    """What `verify_run` checked, every fault it found, and (on a run being trained) what it left
+    for later: the unfinished outputs the training is writing."""
 
     checked: list[str] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
+    in_progress: list[str] = field(default_factory=list)
+    holder: dict[str, Any] | None = None  # the live lease's owner when the run is being trained
 
     @property
     def ok(self) -> bool:
@@ -68,6 +73,18 @@ class _Verifier:
     def fault(self, uri: str, problem: str) -> None:
         self.report.faults.append(f"{self.rel(uri)}: {problem}")
 
+    @property
+    def live(self) -> bool:
+        """Whether a live process holds the run's lock (it is being trained or rescored now)."""
+        return self.report.holder is not None
+
+    def unfinished(self, uri: str, problem: str) -> None:
+        """An unfinished output: in progress on a live run, else debris of an interrupted stage."""
+        if self.live:
+            self.report.in_progress.append(self.rel(uri))
+        else:
+            self.fault(uri, problem)
+
     def status(self, uri: str) -> str:
         from tpgrpo.report.runs import dataset_status
 
@@ -88,7 +105,9 @@ class _Verifier:
             self._hashes[uri] = None
             return None
         if state == "debris":
-            self.fault(uri, "unfinished (files but no _MANIFEST.json): its stage was interrupted; rerun it")
+            self.unfinished(
+                uri, "unfinished (files but no _MANIFEST.json): its stage was interrupted; rerun it"
+            )
             self._hashes[uri] = None
             return None
         try:
@@ -131,7 +150,10 @@ class _Verifier:
                 self.fault(uri, f"records no input {name!r} (expected {self.rel(input_uri)})")
                 continue
             current = self.current_hash(input_uri)
-            if current is None:
+            if current is None and self.live and self.status(input_uri) != "done":
+                # its input was still being written when checked (the run is being trained)
+                self.report.in_progress.append(f"{self.rel(uri)} (input {self.rel(input_uri)} being written)")
+            elif current is None:
                 self.fault(uri, f"input {name!r} ({self.rel(input_uri)}) is missing, unfinished or corrupt")
             elif current != recorded[name]:
                 self.fault(
@@ -155,7 +177,7 @@ class _Verifier:
         if state == "missing":
             return
         if state == "debris":
-            self.fault(
+            self.unfinished(
                 uri, f"unfinished checkpoint (no {BLOB_MANIFEST}): an update was interrupted; rerun it"
             )
             return
@@ -213,7 +235,7 @@ class _Verifier:
                 stage_config_hash(cfg, "rollout"),
                 rows=n,
             )
-            if i in iterations and self.status(rollouts) == "missing":
+            if i in iterations and self.status(rollouts) == "missing" and not self.live:
                 self.fault(rollouts, "missing although the iteration directory exists")
             w = self.window_size(rollouts)
             self.dataset(
@@ -255,7 +277,8 @@ class _Verifier:
             )
             self.checkpoint(i + 1, update_inputs, update_hash)
             if (
-                self.status(layout.updates(i)) == "done"
+                not self.live  # the update writes its dataset, then the checkpoint
+                and self.status(layout.updates(i)) == "done"
                 and self.status(layout.checkpoint(i + 1)) == "missing"
             ):
                 self.fault(layout.checkpoint(i + 1), f"missing although iteration {i}'s updates are finished")
@@ -280,12 +303,16 @@ class _Verifier:
         return self.ctx.cfg.sampling.window_size
 
     def run_json(self) -> None:
+        from tpgrpo.storage import read_run_record
+
         layout = self.ctx.layout
-        fs, path = filesystem_for(layout.run_json(), self.ctx.storage_options)
         try:
-            stored = json.loads(read_bytes(fs, path))
-        except (FileNotFoundError, json.JSONDecodeError) as err:
-            self.fault(layout.run_json(), f"unreadable ({type(err).__name__})")
+            stored = read_run_record(layout)
+        except DataError as err:
+            self.fault(layout.run_json(), str(err))
+            return
+        if stored is None:
+            self.fault(layout.run_json(), "missing: the run was never initialised")
             return
         # Config.hash() of the config as stored (this code's defaults may add keys since; see `dataset`)
         as_stored = hashlib.sha256(json.dumps(stored.get("config"), sort_keys=True).encode()).hexdigest()
@@ -320,6 +347,9 @@ def verify_run(ctx: Any, *, reward_key: str | None = None, log: Log | None = Non
         log (`Callable[[str], None]`, *optional*): progress messages.
     """
     from tpgrpo.report.runs import config_reward_key
+    from tpgrpo.storage.lock import lease_holder
 
     key = reward_key or config_reward_key(ctx)
-    return _Verifier(ctx, key, log=log).run()
+    verifier = _Verifier(ctx, key, log=log)
+    verifier.report.holder = lease_holder(ctx.layout.lock(), ctx.storage_options)
+    return verifier.run()

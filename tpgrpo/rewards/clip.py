@@ -104,12 +104,9 @@ class ClipReward:
             raise UserError(f"{name} reward: dtype must be one of {list(DTYPES)}, got {dtype!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"{name} reward: batch_size must be a positive integer, got {batch_size!r}")
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise UserError(f"{name} reward: bad device {device!r} ({e}); e.g. 'cpu' or 'cuda:0'") from e
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"{name} reward: device {device!r} but CUDA is not available here; use 'cpu'")
+        from tpgrpo.models.devices import check_device
+
+        self.device = check_device(device, f"{name} reward: device")
         model_dir = _model_dir(name, "model_path", model_path)
         weights = sorted(model_dir.glob("*.safetensors"))
         if not (model_dir / "config.json").is_file() or not weights:

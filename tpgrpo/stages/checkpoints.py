@@ -7,11 +7,18 @@
 | `adapter.safetensors` | live LoRA weights (with family/rank/targets metadata) |
 | `ema.safetensors` | EMA of the LoRA weights (what evaluation uses) |
 | `optimizer.safetensors` + `optimizer.json` | AdamW state: tensors, and param groups/scalars |
-| `state.json` | iteration, optimizer step, torch RNG state |
+| `state.json` | iteration, optimizer step, torch RNG state (a function of seed and iteration) |
 
 `iter=0000` is written at run start: the freshly initialised adapter (identity: LoRA's B = 0), so
 every iteration reads one checkpoint and its update writes the next. Only safetensors and JSON:
 nothing is unpickled.
+
+Every file is a deterministic function of the run's inputs: safetensors headers are written with
+sorted keys (`save_canonical`), JSON with sorted keys, and the stored RNG state is derived from
+the run seed and the iteration (`seeded_rng_state`), not read from the process. Two runs of one
+config and seed, and a run resumed anywhere, write byte-identical checkpoints, so their lineage
+hashes (over the files' checksums) agree and a rebuilt checkpoint that equals the old one leaves
+every later iteration valid.
 """
 
 from __future__ import annotations
@@ -28,7 +35,13 @@ from safetensors import SafetensorError
 from tpgrpo.config import Config
 from tpgrpo.errors import DataError
 from tpgrpo.models.lora import adapter_from_bytes, adapter_to_bytes, lora_parameters
-from tpgrpo.models.state import EMA, optimizer_from_bytes, optimizer_to_bytes, rng_state, set_rng_state
+from tpgrpo.models.state import (
+    EMA,
+    optimizer_from_bytes,
+    optimizer_to_bytes,
+    seeded_rng_state,
+    set_rng_state,
+)
 from tpgrpo.storage.blobs import BlobManifest, read_blobs, write_blobs
 
 
@@ -66,7 +79,8 @@ def write_checkpoint(
         "optimizer.safetensors": opt_blob,
         "optimizer.json": opt_meta.encode(),
         "state.json": json.dumps(
-            {"iteration": state.iteration, "optimizer_step": state.optimizer_step, "rng": state.rng}
+            {"iteration": state.iteration, "optimizer_step": state.optimizer_step, "rng": state.rng},
+            sort_keys=True,
         ).encode(),
     }
     meta = {"iteration": state.iteration, "optimizer_step": state.optimizer_step, "family": policy.family}
@@ -79,7 +93,7 @@ def initial_state(cfg: Config, policy: Any) -> tuple[torch.optim.Optimizer, EMA,
     """Optimizer, EMA and state of a fresh adapter (iteration 0)."""
     optimizer = make_optimizer(cfg, policy)
     ema = EMA(lora_parameters(policy.transformer), cfg.update.ema_decay)
-    return optimizer, ema, TrainState(iteration=0, optimizer_step=0, rng=rng_state())
+    return optimizer, ema, TrainState(iteration=0, optimizer_step=0, rng=seeded_rng_state(cfg.seed, 0))
 
 
 @contextmanager

@@ -21,7 +21,14 @@ from tpgrpo.storage.dataset import (
     verify_dataset,
     write_dataset,
 )
-from tpgrpo.storage.layout import RunLayout, list_runs, validate_checkpoint, validate_key, validate_run_id
+from tpgrpo.storage.layout import (
+    RunLayout,
+    list_runs,
+    read_run_record,
+    validate_checkpoint,
+    validate_key,
+    validate_run_id,
+)
 from tpgrpo.storage.provenance import code_version, config_hash
 from tpgrpo.storage.retention import drop_latents
 from tpgrpo.storage.state import clear_dataset, dataset_state, prepare_output, replace_safely
@@ -47,6 +54,7 @@ __all__ = [
     "open_dataset",
     "prepare_output",
     "read_manifest",
+    "read_run_record",
     "read_table",
     "replace_safely",
     "validate_checkpoint",

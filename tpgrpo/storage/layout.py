@@ -14,13 +14,14 @@ validated here, so no run id, reward key, mode or checkpoint name can escape its
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tpgrpo.errors import UserError
-from tpgrpo.storage.files import exists, list_dirs
+from tpgrpo.errors import DataError, UserError
+from tpgrpo.storage.files import exists, list_dirs, read_bytes
 from tpgrpo.storage.uri import filesystem_for, join_uri
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -159,6 +160,12 @@ class RunLayout:
         found = (_ITER_DIR.fullmatch(name) for name in list_dirs(fs, path))
         return sorted(int(m.group(1)) for m in found if m)
 
+    def list_checkpoints(self) -> list[int]:
+        """The checkpoints that have a directory under `checkpoints/`, ascending."""
+        fs, path = filesystem_for(join_uri(self.run_dir, "checkpoints"), self.storage_options)
+        found = (_ITER_DIR.fullmatch(name) for name in list_dirs(fs, path))
+        return sorted(int(m.group(1)) for m in found if m)
+
     def _subdirs(self, uri: str, pattern: re.Pattern[str]) -> list[str]:
         fs, path = filesystem_for(uri, self.storage_options)
         return [name for name in list_dirs(fs, path) if pattern.fullmatch(name) and ".." not in name]
@@ -180,6 +187,39 @@ class RunLayout:
             for name in self._subdirs(base, _CHECKPOINT)
             for key in self._subdirs(join_uri(base, name), _KEY)
         ]
+
+
+def read_run_record(layout: RunLayout) -> dict[str, Any] | None:
+    """The parsed `run.json` of a run: `run_id`, `config` (a mapping), `config_hash`, `code_version`,
+    `created`; `None` when the run has none (no such run).
+
+    Raises:
+        `DataError`: `run.json` is damaged (not UTF-8 JSON, not an object, no `config` mapping), in one
+            line naming the file and what to do.
+    """
+    fs, path = filesystem_for(layout.run_json(), layout.storage_options)
+    if not exists(fs, path):
+        return None
+    try:
+        data = read_bytes(fs, path)
+    except FileNotFoundError:
+        return None
+    problem = None
+    try:
+        record = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        problem = f"not valid JSON ({err})" if isinstance(err, json.JSONDecodeError) else "not UTF-8 text"
+    else:
+        if not isinstance(record, dict):
+            problem = f"a JSON {type(record).__name__}, not an object"
+        elif not isinstance(record.get("config"), dict):
+            problem = "holds no 'config' object"
+    if problem is not None:
+        raise DataError(
+            f"run {layout.run_id!r} is damaged: {layout.run_json()}: {problem}; restore run.json from a "
+            "backup (the run's datasets are untouched), or train into another --run-id"
+        )
+    return record
 
 
 def list_runs(root: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:

@@ -1,14 +1,21 @@
 """Reading finished datasets, checked against their manifest and the declared schema.
 
 Every reader first checks that the dataset is finished (manifest present), that its schema name
-and version are the ones this code declares, and that the part files on storage are exactly those
-of the manifest with the recorded sizes (one listing). Only then does it read, through pyarrow's
-dataset scanner: native I/O on local disk, s3fs on S3.
+and version are the ones this code declares, that the part files on storage are exactly those of
+the manifest with the recorded sizes (one listing), and that every part's bytes hash to the
+manifest's SHA-256 — as the checkpoint reader does for its files and `audit verify` for
+everything. Only then does it read, through pyarrow's dataset scanner: native I/O on local disk,
+s3fs on S3. Page CRCs alone would miss a same-size change outside the pages (the footer's column
+statistics, which filters use to skip row groups, or its metadata). A part hashed once is not
+hashed again by the same process while its size and modification stamp (local) or ETag (S3)
+stay the same.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -106,6 +113,56 @@ def check_parts(fs: fsspec.AbstractFileSystem, path: str, manifest: Manifest, ur
         )
 
 
+_VERIFIED: dict[tuple[str, str, int, str], str] = {}
+"""(filesystem, part file, size, modification stamp or ETag) -> the SHA-256 its bytes were found to
+have, in this process."""
+_VERIFIED_LOCK = threading.Lock()
+
+
+def _stamp(fs: fsspec.AbstractFileSystem, file: str) -> str:
+    """What changes when a file is rewritten: inode, mtime and ctime locally (ctime cannot be set
+    back), the ETag on S3."""
+    if is_local(fs):
+        st = os.stat(file)
+        return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    info = fs.info(file)
+    return str(info.get("ETag") or info.get("etag") or info.get("LastModified") or "")
+
+
+def part_sha256(fs: fsspec.AbstractFileSystem, file: str) -> str:
+    """The hex SHA-256 of a file's bytes (streamed)."""
+    digest = hashlib.sha256()
+    with fs.open(file, "rb") as f:
+        while chunk := f.read(16 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_checksums(fs: fsspec.AbstractFileSystem, path: str, manifest: Manifest, uri: str) -> None:
+    """Checks that every part's bytes hash to the manifest's SHA-256 (once per process and version).
+
+    Raises:
+        `DataError`: naming the parts whose bytes differ from what the manifest recorded.
+    """
+    bad = []
+    for part in manifest.parts:
+        file = f"{path}/{part.path}"
+        key = (type(fs).__name__, file, part.bytes, _stamp(fs, file))
+        with _VERIFIED_LOCK:
+            if _VERIFIED.get(key) == part.sha256:
+                continue
+        if part_sha256(fs, file) != part.sha256:
+            bad.append(part.path)
+            continue
+        with _VERIFIED_LOCK:
+            _VERIFIED[key] = part.sha256
+    if bad:
+        raise DataError(
+            f"{uri}: part(s) {bad} fail their SHA-256 check (same size as recorded, other bytes): "
+            "corrupted; rebuild the dataset (rerun its stage with --force)"
+        )
+
+
 def _finished(
     uri: str, schema_name: str, storage_options: Mapping[str, Any] | None, *, self_check: bool = True
 ) -> tuple[fsspec.AbstractFileSystem, str, Manifest, pa.Schema]:
@@ -117,9 +174,10 @@ def _finished(
     check_schema(manifest.schema, SchemaRef.of(schema_for(schema_name)), uri, readable=True)
     schema = stored_schema(manifest.schema)  # what the parts hold: current, or an older readable version
     assert schema is not None  # check_schema accepted it
-    if self_check:  # `verify_dataset` leaves it to the auditor, which reports it beside the rest
-        check_manifest(manifest, uri)
     check_parts(fs, path, manifest, uri)
+    if self_check:  # `verify_dataset` leaves these to the auditor, which reports them beside the rest
+        check_manifest(manifest, uri)
+        check_checksums(fs, path, manifest, uri)
     return fs, path, manifest, schema
 
 
@@ -146,15 +204,7 @@ def open_dataset(
 
 def corrupted_parts(fs: fsspec.AbstractFileSystem, path: str, manifest: Manifest) -> list[str]:
     """The parts whose bytes no longer hash to the manifest's SHA-256 (reads every byte)."""
-    bad = []
-    for part in manifest.parts:
-        digest = hashlib.sha256()
-        with fs.open(f"{path}/{part.path}", "rb") as f:
-            while chunk := f.read(16 << 20):
-                digest.update(chunk)
-        if digest.hexdigest() != part.sha256:
-            bad.append(part.path)
-    return bad
+    return [part.path for part in manifest.parts if part_sha256(fs, f"{path}/{part.path}") != part.sha256]
 
 
 @contextmanager
@@ -308,11 +358,7 @@ def verify_dataset(uri: str, *, storage_options: Mapping[str, Any] | None = None
     fs, path, manifest, schema = _finished(uri, manifest.schema.name, storage_options, self_check=False)
     for part in manifest.parts:
         file = f"{path}/{part.path}"
-        digest = hashlib.sha256()
-        with fs.open(file, "rb") as f:
-            while chunk := f.read(16 << 20):
-                digest.update(chunk)
-        if digest.hexdigest() != part.sha256:
+        if part_sha256(fs, file) != part.sha256:
             raise DataError(f"{uri}: part {part.path} fails its SHA-256 check: corrupted")
         with fs.open(file, "rb") as f:
             metadata = pq.ParquetFile(f).metadata

@@ -102,6 +102,7 @@ def prepare_output(
     schema_name: str | None = None,
     force: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    stale_hint: str | None = None,
 ) -> Literal["skip", "write"]:
     """Decides and prepares what a stage does with its output dataset.
 
@@ -113,6 +114,7 @@ def prepare_output(
 
     Args: as `dataset_state`, plus
         force (`bool`, defaults to False): replace a finished dataset (`--force`).
+        stale_hint (`str`, *optional*): what to do about stale output (default: rerun with --force).
 
     Raises:
         `DataError`: stale output and no `force`.
@@ -125,7 +127,7 @@ def prepare_output(
     if state == "stale" and not force:
         raise DataError(
             f"{uri} is finished but was built from other inputs, config or schema version than this run's; "
-            "rerun with --force to replace it"
+            + (stale_hint or "rerun with --force to replace it")
         )
     if state in ("done", "stale"):
         replace_safely(uri, storage_options=storage_options)
