@@ -39,13 +39,18 @@ def train(
     """
     from tpgrpo.cli.console import quiet_expected_failures
     from tpgrpo.config import load_config
+    from tpgrpo.flows.preflight import preflight
     from tpgrpo.flows.server import temporary_server
-    from tpgrpo.flows.train import train as run_train
-
-    quiet_expected_failures()
+    from tpgrpo.flows.steps import RunContext
 
     cfg = load_config(config or default_config_path(), overrides or [])
     base = resolve_root(root, cfg.storage.root)
+    # bad input fails here with one message, before anything is written: not even the temporary
+    # Prefect server's home (`train` checks again under the run lock, from its own callers too)
+    preflight(RunContext.create(cfg, run_id or cfg.name, base))
+    from tpgrpo.flows.train import train as run_train  # imports Prefect, which creates its home
+
+    quiet_expected_failures()
     with temporary_server():  # dies with this process, even under kill -9
         result = run_train(cfg, run_id=run_id, iterations=iterations, root=base)
     run_dir = result["run_dir"]
