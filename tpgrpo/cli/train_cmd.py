@@ -47,7 +47,8 @@ def train(
     base = resolve_root(root, cfg.storage.root)
     # bad input fails here with one message, before anything is written: not even the temporary
     # Prefect server's home (`train` checks again under the run lock, from its own callers too)
-    preflight(RunContext.create(cfg, run_id or cfg.name, base))
+    # an empty --run-id is refused here (RunLayout), never replaced by the config's name
+    preflight(RunContext.create(cfg, cfg.name if run_id is None else run_id, base))
     from tpgrpo.flows.train import train as run_train  # imports Prefect, which creates its home
 
     quiet_expected_failures()
