@@ -65,13 +65,15 @@ def run_dir(root: Path, name: str) -> Path:
     return root / name
 
 
-def create_run(root: Path, config: str, seed: int, extra: list[str]) -> Any:
+def create_run(root: Path, config: str, seed: int, extra: list[str], sets: list[str] | None = None) -> Any:
     """Create the tpgrpo run of one configuration and seed (run.json, prompts, checkpoint 0), or find
-    it: idempotent. Returns its `RunContext`."""
+    it: idempotent. `sets`: the configuration's overrides (default `COMMON + CONFIGS[config]`).
+    Returns its `RunContext`."""
     from tpgrpo.config import load_config
     from tpgrpo.flows import steps
 
-    sets = [*COMMON, *CONFIGS[config], f"seed={seed}", f"storage.root={root}", "iterations=1000", *extra]
+    chosen = [*COMMON, *CONFIGS[config]] if sets is None else sets
+    sets = [*chosen, f"seed={seed}", f"storage.root={root}", "iterations=1000", *extra]
     cfg = load_config(ROOT / "configs" / "tiny.yaml", sets)
     ctx = steps.RunContext.create(cfg, f"{config}-s{seed}", str(root))
     steps.init_run(ctx)
@@ -79,7 +81,13 @@ def create_run(root: Path, config: str, seed: int, extra: list[str]) -> Any:
 
 
 def train_run(
-    root: Path, config: str, seed: int, budget_s: float, extra: list[str], log: Any
+    root: Path,
+    config: str,
+    seed: int,
+    budget_s: float,
+    extra: list[str],
+    log: Any,
+    sets: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train one configuration until its compute time is nearest to `budget_s` (resumable).
 
@@ -92,7 +100,7 @@ def train_run(
     from tpgrpo.flows import steps
     from tpgrpo.storage import read_manifest
 
-    ctx = create_run(root, config, seed, extra)
+    ctx = create_run(root, config, seed, extra, sets)
     cfg, run_id = ctx.cfg, ctx.layout.run_id
     progress_file = run_dir(root, run_id) / "bench.json"
     history: list[dict[str, Any]] = json.loads(progress_file.read_text()) if progress_file.is_file() else []
@@ -164,8 +172,11 @@ def config_mode(config: str) -> str:
     return next(x.split("=", 1)[1] for x in CONFIGS[config] if x.startswith("reward.mode="))
 
 
-def eval_cache(root: Path, run_id: str, checkpoint: int, replicates: int, steps: int) -> Path:
-    return run_dir(root, run_id) / f"eval-{checkpoint}-{replicates}-{steps}.json"
+def eval_cache(
+    root: Path, run_id: str, checkpoint: int, replicates: int, steps: int, ema: bool = True
+) -> Path:
+    live = "" if ema else "-live"
+    return run_dir(root, run_id) / f"eval-{checkpoint}-{replicates}-{steps}{live}.json"
 
 
 def finished_run(root: Path, config: str, seed: int, replicates: int, steps: int) -> dict[str, Any] | None:
@@ -189,9 +200,12 @@ def finished_run(root: Path, config: str, seed: int, replicates: int, steps: int
     return run | {"eval": json.loads(cache.read_text())}
 
 
-def evaluate_run(root: Path, run_id: str, checkpoint: int, replicates: int, steps: int) -> dict[str, Any]:
-    """Score the EMA adapter of `checkpoint` on the fixed held-out set (cached beside the run)."""
-    cache = eval_cache(root, run_id, checkpoint, replicates, steps)
+def evaluate_run(
+    root: Path, run_id: str, checkpoint: int, replicates: int, steps: int, ema: bool = True
+) -> dict[str, Any]:
+    """Score the EMA adapter of `checkpoint` (`ema=False`: the live adapter) on the fixed held-out set
+    (cached beside the run)."""
+    cache = eval_cache(root, run_id, checkpoint, replicates, steps, ema)
     if cache.is_file():
         return json.loads(cache.read_text())
     from tpgrpo.cli.common import load_run
@@ -202,7 +216,7 @@ def evaluate_run(root: Path, run_id: str, checkpoint: int, replicates: int, step
 
     ctx = load_run(run_id, str(root))
     policy = ctx.policy()
-    load_adapter(ctx.layout.checkpoint(checkpoint), policy, ema=True)
+    load_adapter(ctx.layout.checkpoint(checkpoint), policy, ema=ema)
     prompts = [r.to_row() for r in load_prompts("test")]
     result = evaluate(
         policy,

@@ -100,6 +100,12 @@ class SamplingConfig(_Strict):
 
 class RolloutConfig(_Strict):
     prompts: Text = Field("train", description="'train'/'test' (embedded sets) or a .jsonl/.txt prompt file")
+    tasks: list[Text] | None = Field(
+        None,
+        min_length=1,
+        description="train on the prompts of these tasks only (the `task` column), e.g. [counting, "
+        "color_attr]; null: every prompt. Evaluation on the held-out split keeps the same tasks",
+    )
     prompts_per_batch: Int = Field(
         4, ge=1, le=4096, description="prompt groups per rollout batch (balancing scope)"
     )

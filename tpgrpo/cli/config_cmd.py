@@ -31,7 +31,7 @@ def validate(
     from tpgrpo.errors import ConfigError, UserError
     from tpgrpo.rewards import make_reward
     from tpgrpo.stages.common import describe_window, window_check
-    from tpgrpo.stages.prompts import check_prompts_for_reward, read_prompt_source
+    from tpgrpo.stages.prompts import check_prompts_for_reward, run_prompts
 
     cfg = load_config(config, overrides or [])
     problems: list[str] = []
@@ -46,7 +46,7 @@ def validate(
 
     # unknown rewards and bad parameters raise UserError; the key becomes a folder name
     validate_key(make_reward(cfg.reward.spec).key)
-    problems += check_prompts_for_reward(read_prompt_source(cfg.rollout.prompts), cfg.reward.spec)
+    problems += check_prompts_for_reward(run_prompts(cfg), cfg.reward.spec)
     problems += window_check(cfg)  # SPEC §2's floor on the model's grid, when its directory is here
     if problems:
         raise ConfigError(problems)

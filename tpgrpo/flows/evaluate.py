@@ -43,14 +43,14 @@ def eval_prompts(
 
     Args:
         source: `"test"`/`"train"` (embedded sets) or a `.jsonl`/`.txt` file; None: `test` when the
-            run trains on the embedded `train` set.
+            run trains on the embedded `train` set, restricted to the run's `rollout.tasks`.
         per_task: keep the first `per_task` prompts of each task (a quick, still per-task, check).
 
     Raises:
         UserError: no held-out default for a run trained on its own prompt file, `per_task` < 1,
             or prompts the run's reward cannot score.
     """
-    from tpgrpo.stages.prompts import read_prompt_source
+    from tpgrpo.stages.prompts import read_prompt_source, select_tasks
 
     if source is None:
         if ctx.cfg.rollout.prompts != "train":
@@ -58,8 +58,11 @@ def eval_prompts(
                 f"run {ctx.layout.run_id!r} trains on {ctx.cfg.rollout.prompts!r}, which has no held-out "
                 "split; pass --prompts FILE (a .jsonl or .txt prompt file) to evaluate on"
             )
-        source = "test"
-    rows = read_prompt_source(source)
+        # the held-out prompts of the tasks the run trains on (`rollout.tasks`)
+        rows = select_tasks(read_prompt_source("test"), ctx.cfg.rollout.tasks, "test")
+        source = "test" if ctx.cfg.rollout.tasks is None else f"test:{'+'.join(ctx.cfg.rollout.tasks)}"
+    else:
+        rows = read_prompt_source(source)
     if per_task is not None:
         if per_task < 1:
             raise UserError(f"--prompts-per-task must be at least 1, got {per_task}")

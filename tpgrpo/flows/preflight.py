@@ -10,7 +10,7 @@ from __future__ import annotations
 from tpgrpo.errors import ConfigError, UserError
 from tpgrpo.flows.steps import RunContext
 from tpgrpo.stages.common import window_check
-from tpgrpo.stages.prompts import check_prompts_for_reward, read_prompt_source
+from tpgrpo.stages.prompts import check_prompts_for_reward, run_prompts
 from tpgrpo.storage import read_run_record, validate_key
 
 
@@ -61,7 +61,7 @@ def preflight(ctx: RunContext) -> None:
     check_model_device(cfg)
     check_pipeline_dir(resolve_model_path(cfg.model.path), cfg.model.family)
     validate_key(ctx.reward_key())
-    rows = read_prompt_source(cfg.rollout.prompts)
+    rows = run_prompts(cfg)
     problems = check_prompts_for_reward(rows, cfg.reward.spec) + window_check(cfg)
     if problems:
         raise ConfigError(problems)

@@ -29,7 +29,7 @@ from tpgrpo.stages.common import (
     stage_config_hash,
     window_check,
 )
-from tpgrpo.stages.prompts import check_prompts_for_reward, read_prompt_source
+from tpgrpo.stages.prompts import check_prompts_for_reward, run_prompts
 from tpgrpo.storage import (
     RunLayout,
     finalize_dataset,
@@ -124,7 +124,7 @@ def init_run(ctx: RunContext, log: Log = _quiet) -> None:
                 "use another --run-id, or the same config to resume it"
             )
     else:
-        rows = read_prompt_source(cfg.rollout.prompts)
+        rows = run_prompts(cfg)
         problems = check_prompts_for_reward(rows, cfg.reward.spec) + window_check(cfg)
         if problems:
             raise ConfigError(problems)
@@ -142,7 +142,7 @@ def init_run(ctx: RunContext, log: Log = _quiet) -> None:
         layout.prompts(), inputs={}, config_hash=prompts_hash, schema_name="prompts", storage_options=opts
     )
     if decision == "write":
-        rows = read_prompt_source(cfg.rollout.prompts)
+        rows = run_prompts(cfg)
         cols = {k: [r[k] for r in rows] for k in ("prompt_id", "prompt", "task", "spec", "split")}
         write_dataset(
             layout.prompts(), "prompts", cols, inputs={}, config_hash=prompts_hash, storage_options=opts

@@ -30,7 +30,7 @@ from tpgrpo.storage.provenance import config_hash
 # annotate hash their own arguments (`score_config_hash`, `annotate_config_hash`) since rescoring
 # and re-annotation run them with another reward or mode than the config's
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "prompts": ("rollout.prompts",),
+    "prompts": ("rollout.prompts", "rollout.tasks"),
     "rollout": ("seed", "model", "sampling", "rollout"),
     "branch": ("seed", "model", "sampling", "rollout", "branch"),
     "update": ("seed", "model", "sampling", "rollout", "reward", "advantage", "update"),

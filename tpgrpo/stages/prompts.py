@@ -60,6 +60,37 @@ def read_prompt_source(source: str) -> list[dict[str, Any]]:
     return rows
 
 
+def select_tasks(rows: list[dict[str, Any]], tasks: list[str] | None, source: str) -> list[dict[str, Any]]:
+    """The rows whose `task` is one of `tasks` (all rows when `tasks` is None), in source order.
+
+    Raises:
+        ConfigError: a task the source does not have (the message lists the tasks it has).
+    """
+    if tasks is None:
+        return rows
+    have = sorted({r["task"] for r in rows})
+    unknown = [t for t in tasks if t not in have]
+    if unknown:
+        raise ConfigError(
+            [
+                f"rollout.tasks: {', '.join(map(repr, unknown))} not in the prompts of {source!r}, "
+                f"whose tasks are {', '.join(have)}"
+            ]
+        )
+    wanted = set(tasks)
+    return [r for r in rows if r["task"] in wanted]
+
+
+def run_prompts(cfg: Any) -> list[dict[str, Any]]:
+    """Rows of a run's `prompts` dataset: `rollout.prompts`, restricted to `rollout.tasks`.
+
+    Raises:
+        ConfigError: see `read_prompt_source` and `select_tasks`.
+    """
+    source = cfg.rollout.prompts
+    return select_tasks(read_prompt_source(source), cfg.rollout.tasks, source)
+
+
 def _parse_line(line: str, is_jsonl: bool, index: int) -> tuple[dict[str, Any] | None, str | None]:
     if is_jsonl:
         try:
