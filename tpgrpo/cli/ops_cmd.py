@@ -148,10 +148,22 @@ def evaluate(
         int | None, typer.Option("--prompts-per-task", help="Only the first N prompts of each task")
     ] = None,
     replicates: Annotated[int, typer.Option("--replicates", help="Samples (seeds) per prompt")] = 1,
+    baseline: Annotated[
+        int | None,
+        typer.Option(
+            "--baseline",
+            help="Also evaluate checkpoint K (0 = base model) and print each checkpoint's paired gain "
+            "over it, with a 95 % CI over prompts",
+        ),
+    ] = None,
     force: ForceOption = False,
     root: RootOption = None,
 ) -> None:
-    """Evaluate checkpoints: ODE samples of held-out prompts with the EMA weights, scored per task."""
+    """Evaluate checkpoints: ODE samples of held-out prompts with the EMA weights, scored per task.
+
+    With `--baseline K`, every image is sampled from the same noise at each checkpoint, so the gain
+    over checkpoint K is a paired difference; its 95 % CI takes prompts as the independent units.
+    """
     from tpgrpo.cli.console import quiet_expected_failures
     from tpgrpo.flows.evaluate import run_evaluation
     from tpgrpo.flows.server import temporary_server
@@ -168,6 +180,7 @@ def evaluate(
             per_task=per_task,
             replicates=replicates,
             force=force,
+            baseline=baseline,
         )
     for res in results:
         title = (
@@ -176,6 +189,27 @@ def evaluate(
         )
         echo(format_eval(title, res["summary"]))
         echo(f"eval: {res['uri']}")
+    if baseline is not None:
+        echo(format_gains(ctx, results, baseline))
+
+
+def format_gains(ctx: Any, results: list[dict[str, Any]], baseline: int) -> str:
+    """Each evaluated checkpoint's paired gain over the baseline's evaluation, one block each."""
+    from tpgrpo.report.paired import gains, read_eval
+
+    by_checkpoint = {res["checkpoint"]: res for res in results}
+    base = read_eval(by_checkpoint[baseline]["uri"], ctx.storage_options)
+    lines = []
+    for k, res in sorted(by_checkpoint.items()):
+        if k == baseline:
+            continue
+        found = gains(base, read_eval(res["uri"], ctx.storage_options))
+        lines.append(
+            f"paired gain of checkpoint {k} over checkpoint {baseline} ({found[0].images} images, "
+            f"{found[0].prompts} prompts; 95 % CI over prompts):"
+        )
+        lines += [f"  {g.describe()}" for g in found]
+    return "\n".join(lines) if lines else f"only checkpoint {baseline} was evaluated: no gain to show"
 
 
 def format_eval(title: str, summary: dict[str, Any]) -> str:

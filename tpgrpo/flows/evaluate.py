@@ -275,8 +275,11 @@ def run_evaluation(
     per_task: int | None = None,
     replicates: int = 1,
     force: bool = False,
+    baseline: int | None = None,
 ) -> list[dict[str, Any]]:
     """Validate every argument, then run the evaluate flow.
+
+    `baseline`: a checkpoint evaluated too (first), for paired gains over it (`report.paired`).
 
     Raises:
         UserError: a device this machine lacks, an unknown checkpoint, reward, step count or prompt set.
@@ -288,6 +291,8 @@ def run_evaluation(
 
     check_model_device(ctx.cfg)  # e.g. a GPU run evaluated on a machine without one
     checkpoints = select_checkpoints(ctx, checkpoint)
+    if baseline is not None:
+        checkpoints = sorted({*select_checkpoints(ctx, str(baseline)), *checkpoints})
     spec = parse_reward_spec(reward) if reward is not None else ctx.cfg.reward.spec
     # unknown names, bad parameters and a key that cannot be a folder name fail here, before sampling
     validate_key(ctx.reward_key(spec))

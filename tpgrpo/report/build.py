@@ -187,7 +187,28 @@ def eval_tables(ctx: Any, info: RunInfo) -> list[str]:
             html.paragraph(f"Per task, reward {key}, {steps} ODE steps (checkpoint K = after K updates):")
         )
         parts.append(html.table(headers, body))
+        if len(chosen) == 2:
+            parts.append(html.paragraph(gain_text(ctx, key, chosen[0], chosen[1])))
     return parts
+
+
+def gain_text(ctx: Any, key: str, base: Any, last: Any) -> str:
+    """What the model learned: the paired gain of the last evaluated checkpoint over the first."""
+    from tpgrpo.errors import DataError
+    from tpgrpo.report.paired import gains, read_eval
+
+    try:
+        found = gains(
+            read_eval(ctx.layout.eval(base.name, key), ctx.storage_options),
+            read_eval(ctx.layout.eval(last.name, key), ctx.storage_options),
+        )
+    except DataError as err:
+        return f"No paired gain of checkpoint {last.checkpoint} over {base.checkpoint}: {err}"
+    head = (
+        f"Paired gain of checkpoint {last.checkpoint} over checkpoint {base.checkpoint} (same images, same "
+        f"noise; {found[0].images} images, {found[0].prompts} prompts, 95 % CI over prompts): "
+    )
+    return head + "; ".join(g.describe() for g in found) + "."
 
 
 def build_report(
