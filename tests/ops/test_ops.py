@@ -254,3 +254,17 @@ def test_evaluation_sampled_with_the_ema_weights(stored_run: StoredRun) -> None:
     np.testing.assert_array_equal(ema_images, stored[2][2])
     assert not np.array_equal(live_images, ema_images)  # the EMA differs from the live adapter
     assert not np.array_equal(stored[0][2], stored[2][2])  # and training moved it off the base model
+
+
+def test_evaluate_all_names_a_damaged_checkpoint(run_copy: StoredRun) -> None:
+    """`--checkpoint all` never stops silently at a deleted checkpoint with finished ones after it."""
+    import shutil
+
+    shutil.rmtree(run_copy.dir / "checkpoints" / "iter=0001")
+    result = run_cli("evaluate", *run_copy.args("--checkpoint", "all", "--steps", str(EVAL_STEPS)))
+    assert_user_error(
+        result,
+        "checkpoint 1 of run",
+        "later checkpoints (2) are finished",
+        f"tpgrpo audit verify --run {run_copy.run_id}",
+    )

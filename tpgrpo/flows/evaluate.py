@@ -253,6 +253,14 @@ def select_checkpoints(ctx: RunContext, text: str | None) -> list[int]:
     if text is None or text == "latest":
         return [have[-1]]
     if text == "all":
+        stranded = finished_after_gap(ctx, have[-1] + 1)
+        if stranded:
+            raise UserError(
+                f"checkpoint {have[-1] + 1} of run {ctx.layout.run_id!r} is missing or unfinished while "
+                f"later checkpoints ({', '.join(map(str, stranded))}) are finished: it was damaged or "
+                f"deleted. See tpgrpo audit verify --run {ctx.layout.run_id}; rerunning tpgrpo train "
+                "rebuilds it; --checkpoint K evaluates one finished checkpoint meanwhile"
+            )
         return have
     if not text.strip().isdigit():
         raise UserError(f"invalid --checkpoint {text!r}: use K (0 is the base model), latest or all")
@@ -263,6 +271,15 @@ def select_checkpoints(ctx: RunContext, text: str | None) -> list[int]:
             f"{have[0]} … {have[-1]} (0 is the base model)"
         )
     return [k]
+
+
+def finished_after_gap(ctx: RunContext, gap: int) -> list[int]:
+    """Finished checkpoints after the unfinished or missing checkpoint `gap` (none while training
+    is only in progress: then nothing exists after the checkpoint being written)."""
+    from tpgrpo.report.runs import checkpoint_or_none
+
+    later = [k for k in ctx.layout.list_checkpoints() if k > gap]
+    return [k for k in later if checkpoint_or_none(ctx.layout.checkpoint(k), ctx.storage_options)]
 
 
 def run_evaluation(
