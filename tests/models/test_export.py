@@ -9,8 +9,8 @@ on the tiny SD3 and FLUX pipelines, and compare with our policy carrying the sam
   output by ~0.6 (so the comparison is not base against base);
 - the pipeline's own sampling (`pipe(prompt, generator=Generator().manual_seed(seed))`) reproduces
   `stages.evaluate.sample_ode` from the same seed, the images within 2/255 (measured: 0.5/255 for
-  both families, the pipeline's float image against our uint8 one: rounding only): the noise of a batch of one is the same draw, and the sampling
-  loop is the pipeline's (`test_pipeline_parity`).
+  both families, the pipeline's float image against our uint8 one: rounding only): the noise of a
+  batch of one is the same draw, and the sampling loop is the pipeline's (`test_pipeline_parity`).
 """
 
 from __future__ import annotations
