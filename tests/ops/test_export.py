@@ -1,12 +1,13 @@
-"""`tpgrpo export lora` on the stored run: the folder diffusers loads, its model card, bad input.
+"""`tpgrpo export lora` on stored runs: the folder diffusers loads, its model card, bad input.
 
-The end-to-end test is what a user does with the export: `StableDiffusion3Pipeline.from_pretrained`
-of the run's base model, `load_lora_weights(DIR)`, then sample. The transformer then agrees with
-tpgrpo's policy carrying the checkpoint's EMA adapter to atol 1e-5 (measured: 0.0 here, the run's
-alpha / r = 2 being a power of two; 5e-7 for a scale of 1.5 in `tests/models/test_export.py`), and
-the pipeline's `__call__` with each eval row's prompt and seed reproduces `tpgrpo evaluate`'s
-stored image of that checkpoint within 2/255 (measured: 0.50/255 over the 6 images, the rounding
-of the stored uint8 PNG against the pipeline's float image).
+The end-to-end tests do what a user does with the export: `StableDiffusion3Pipeline` (the SD3
+`stored_run`) or `FluxPipeline` (`flux_run`, the tiny FLUX pipeline) `.from_pretrained` of the run's
+base model, `load_lora_weights(DIR)`, then sample. The transformer then agrees with tpgrpo's policy
+carrying the checkpoint's EMA adapter to atol 1e-5 (measured: 0.0 for SD3, whose alpha / r = 2 is
+a power of two so the fold is exact; 1.2e-7 for FLUX's 6 / 4 = 1.5), and the pipeline's `__call__`
+with each eval row's prompt and seed reproduces `tpgrpo evaluate`'s stored image of that
+checkpoint within 2/255 (measured: 0.50/255 over the 6 images of each run, the rounding of the
+stored uint8 PNG against the pipeline's float image).
 """
 
 from __future__ import annotations
@@ -42,15 +43,68 @@ def _checkpoint_policy(ctx: Any, k: int, ema: bool) -> Any:
     return policy
 
 
-def test_export_loads_in_diffusers_and_reproduces_evaluate(stored_run: StoredRun, tmp_path: Path) -> None:
+def _load_and_reproduce(run: StoredRun, out: Path, checkpoint: int, eval_steps: int) -> None:
+    """What a user does with the export: `<Pipeline>.from_pretrained(base)`, `load_lora_weights(out)`.
+
+    Then the pipeline's transformer agrees with our policy carrying the checkpoint's EMA adapter
+    (atol 1e-5), and `__call__` with each eval row's prompt and seed gives `tpgrpo evaluate`'s
+    stored image within 2/255.
+    """
     import diffusers
 
     from tpgrpo.flows.evaluate import eval_name, eval_prompts
     from tpgrpo.models.factory import resolve_model_path
+    from tpgrpo.models.flux import FluxPolicy
     from tpgrpo.models.sd3 import SD3Policy
-    from tpgrpo.report.runs import eval_records
     from tpgrpo.schemas.images import decode_png
     from tpgrpo.storage import read_table
+
+    ctx = _context(run)
+    cfg = ctx.cfg
+    flux = cfg.model.family == "flux"
+    pipeline = diffusers.FluxPipeline if flux else diffusers.StableDiffusion3Pipeline
+    pipe = pipeline.from_pretrained(resolve_model_path(cfg.model.path))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(out))
+    assert pipe.get_list_adapters() == {"transformer": ["default_0"]}
+
+    ours = _checkpoint_policy(ctx, checkpoint, ema=True)
+    theirs = (FluxPolicy if flux else SD3Policy)(pipe, max_sequence_length=cfg.model.max_sequence_length)
+    c, h, w = ours.latent_shape(cfg.model.height, cfg.model.width)
+    gen = torch.Generator().manual_seed(0)
+    latents, sigma = torch.randn(2, c, h, w, generator=gen), torch.tensor([0.8, 0.3])  # [B, C, h, w], [B]
+    cond = ours.encode(["a photo of a red circle", "a photo of two blue squares"])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            theirs.forward(latents, sigma, cond), ours.forward(latents, sigma, cond), rtol=0, atol=1e-5
+        )
+
+    name = eval_name(checkpoint, eval_steps, cfg.sampling.eval_steps)
+    texts = {r["prompt_id"]: r["prompt"] for r in eval_prompts(ctx, None, 1)[1]}
+    table = read_table(ctx.layout.eval(name, run.reward_key), "eval", columns=["prompt_id", "seed", "image"])
+    rows = table.to_pylist()
+    assert len(rows) == 6  # one prompt per task (evaluated with --prompts-per-task 1)
+    for row in rows:
+        image = pipe(
+            prompt=texts[row["prompt_id"]],
+            num_inference_steps=eval_steps,
+            guidance_scale=cfg.sampling.guidance_scale,
+            height=cfg.model.height,
+            width=cfg.model.width,
+            max_sequence_length=cfg.model.max_sequence_length,
+            generator=torch.Generator().manual_seed(row["seed"]),
+            output_type="np",
+        ).images[0]  # [H, W, 3] float in [0, 1]
+        stored = decode_png(row["image"]).astype(np.float64)  # [H, W, 3] uint8
+        diff = np.abs(image * 255.0 - stored).max()
+        assert diff <= 2.0, (
+            f"prompt {row['prompt_id']} seed {row['seed']}: max pixel difference {diff:.3f}/255"
+        )
+
+
+def test_export_loads_in_diffusers_and_reproduces_evaluate(stored_run: StoredRun, tmp_path: Path) -> None:
+    from tpgrpo.flows.evaluate import eval_name
+    from tpgrpo.report.runs import eval_records
 
     out = tmp_path / "exports" / "lora"
     result = run_cli("export", "lora", *stored_run.args("--out", str(out)))
@@ -79,48 +133,66 @@ def test_export_loads_in_diffusers_and_reproduces_evaluate(stored_run: StoredRun
     ):
         assert fragment in card, (fragment, card)
     assert "ComfyUI" not in card
+    _load_and_reproduce(stored_run, out, 2, EVAL_STEPS)
 
-    # what a user does: the base pipeline, then the exported folder
-    base = resolve_model_path(cfg.model.path)
-    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(base)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(out))
-    assert pipe.get_list_adapters() == {"transformer": ["default_0"]}
 
-    ours = _checkpoint_policy(ctx, 2, ema=True)
-    theirs = SD3Policy(pipe, max_sequence_length=cfg.model.max_sequence_length)
-    c, h, w = ours.latent_shape(cfg.model.height, cfg.model.width)
-    gen = torch.Generator().manual_seed(0)
-    latents, sigma = torch.randn(2, c, h, w, generator=gen), torch.tensor([0.8, 0.3])  # [B, C, h, w], [B]
-    cond = ours.encode(["a photo of a red circle", "a photo of two blue squares"])
-    with torch.no_grad():
-        torch.testing.assert_close(
-            theirs.forward(latents, sigma, cond), ours.forward(latents, sigma, cond), rtol=0, atol=1e-5
-        )
+FLUX_EVAL_STEPS = 3
 
-    # the images `tpgrpo evaluate` stored for checkpoint 2, from their prompt and seed
-    texts = {r["prompt_id"]: r["prompt"] for r in eval_prompts(ctx, None, 1)[1]}
-    table = read_table(
-        ctx.layout.eval(name, stored_run.reward_key), "eval", columns=["prompt_id", "seed", "image"]
+
+@pytest.fixture(scope="module")
+def flux_run(ops_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> StoredRun:
+    """One trained iteration of the tiny FLUX pipeline (rank 4, alpha 6: a scale of 1.5 to fold),
+    checkpoint 1 evaluated with 3 ODE steps, one prompt per task (real flows, this process)."""
+    from models.tiny import IMAGE_SIZE, MAX_SEQUENCE_LENGTH, build_tiny_flux
+
+    from tpgrpo.config import load_config_data
+    from tpgrpo.flows.evaluate import run_evaluation
+    from tpgrpo.flows.steps import RunContext
+    from tpgrpo.flows.train import train
+
+    base = tmp_path_factory.mktemp("flux-run")
+    build_tiny_flux().save_pretrained(base / "flux", safe_serialization=True)
+    cfg = load_config_data(
+        {
+            "name": "fluxrun",
+            "seed": 5,
+            "iterations": 1,
+            "model": {
+                "family": "flux",
+                "path": str(base / "flux"),
+                "height": IMAGE_SIZE,
+                "width": IMAGE_SIZE,
+                "max_sequence_length": MAX_SEQUENCE_LENGTH,
+            },
+            "sampling": {"num_steps": 5, "guidance_scale": 3.5},
+            "rollout": {"prompts_per_batch": 2, "batches_per_iteration": 1, "group_size": 3},
+            "branch": {"chunk_size": 16},
+            "reward": {"spec": "jpeg", "mode": "tp_constrained"},
+            "update": {
+                "optimizer_steps": 2,
+                "micro_batch": 16,
+                "lr": 1e-3,
+                "ema_every": 1,
+                "lora_rank": 4,
+                "lora_alpha": 6.0,
+            },
+            "storage": {"root": str(base / "runs")},
+        }
     )
-    rows = table.to_pylist()
-    assert len(rows) == 6  # one prompt per task (`stored_run`: --prompts-per-task 1)
-    for row in rows:
-        image = pipe(
-            prompt=texts[row["prompt_id"]],
-            num_inference_steps=EVAL_STEPS,
-            guidance_scale=cfg.sampling.guidance_scale,
-            height=cfg.model.height,
-            width=cfg.model.width,
-            max_sequence_length=cfg.model.max_sequence_length,
-            generator=torch.Generator().manual_seed(row["seed"]),
-            output_type="np",
-        ).images[0]  # [H, W, 3] float in [0, 1]
-        stored = decode_png(row["image"]).astype(np.float64)  # [H, W, 3] uint8
-        diff = np.abs(image * 255.0 - stored).max()
-        assert diff <= 2.0, (
-            f"prompt {row['prompt_id']} seed {row['seed']}: max pixel difference {diff:.3f}/255"
-        )
+    assert train(cfg, run_id="fluxrun")["iterations"] == 1
+    ctx = RunContext.create(cfg, "fluxrun", str(base / "runs"))
+    run_evaluation(ctx, checkpoint="1", steps=FLUX_EVAL_STEPS, per_task=1)
+    return StoredRun(base / "runs", "fluxrun", ctx.reward_key())
+
+
+def test_flux_export_loads_in_diffusers_and_reproduces_evaluate(flux_run: StoredRun, tmp_path: Path) -> None:
+    out = tmp_path / "lora"
+    result = run_cli("export", "lora", *flux_run.args("--out", str(out)))
+    assert result.exit_code == 0, result.output
+    card = (out / "README.md").read_text()
+    assert "FluxPipeline" in card and "rank 4, alpha 6" in card and "6 / 4 = 1.5" in card
+    assert "FLUX's guidance embedding" in card
+    _load_and_reproduce(flux_run, out, 1, FLUX_EVAL_STEPS)
 
 
 def test_export_live_weights_for_comfyui(stored_run: StoredRun, tmp_path: Path) -> None:
