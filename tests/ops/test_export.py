@@ -332,3 +332,25 @@ def test_a_damaged_checkpoint_is_a_data_error(run_copy: StoredRun, tmp_path: Pat
     assert result.exit_code == 1
     assert re.search(r"ema\.safetensors.*does not match its checksum", result.stderr), result.stderr
     assert not out.exists()
+
+
+@pytest.mark.s3
+def test_export_from_a_run_on_s3(
+    stored_run: StoredRun, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The same folder, byte for byte, whether the run lies on local disk or in S3 (moto)."""
+    import s3fs
+
+    for name, value in s3_bucket.env.items():
+        monkeypatch.setenv(name, value)
+    fs = s3fs.S3FileSystem(**s3_bucket.storage_options)
+    fs.put(str(stored_run.dir), f"{s3_bucket.bucket}/runs/{stored_run.run_id}", recursive=True)
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    result = run_cli(
+        "export", "lora", "--run", stored_run.run_id, "--root", s3_bucket.root, "--out", str(remote)
+    )
+    assert result.exit_code == 0, result.output
+    assert run_cli("export", "lora", *stored_run.args("--out", str(local))).exit_code == 0
+    assert {p.name: p.read_bytes() for p in remote.iterdir()} == {
+        p.name: p.read_bytes() for p in local.iterdir()
+    }

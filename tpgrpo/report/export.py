@@ -229,7 +229,7 @@ def _evaluations(ctx: Any, k: int, weights: str) -> list[str]:
         for t in tasks:
             m = e.metrics
             lines.append(
-                f"| {t} | {_fmt(m.get(f'task.{t}.n'), 'd')} | {_fmt(m.get(f'task.{t}.score'))} | "
+                f"| {t} | {_fmt(m.get(f'task.{t}.n'), 'g')} | {_fmt(m.get(f'task.{t}.score'))} | "
                 f"{_fmt(m.get(f'task.{t}.strict'), '.3f')} |"
             )
     return lines
