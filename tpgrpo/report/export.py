@@ -363,6 +363,7 @@ def write_export(out: Path, files: Mapping[str, bytes], *, force: bool) -> None:
     Raises:
         UserError: `out` is not writable as asked (`check_export_dir`).
     """
+    out = out.resolve()  # `--out .` names its folder through the parent, like any other path
     check_export_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
