@@ -36,6 +36,7 @@ def test_help_lists_every_command() -> None:
         "rescore",
         "annotate",
         "evaluate",
+        "export",
         "runs",
         "audit",
         "report",

@@ -20,6 +20,7 @@ import typer
 from tpgrpo.cli import (
     audit_cmd,
     config_cmd,
+    export_cmd,
     ops_cmd,
     pretrain_cmd,
     report_cmd,
@@ -44,6 +45,7 @@ app.add_typer(pretrain_cmd.app, name="pretrain")
 app.command("rescore")(ops_cmd.rescore)
 app.command("annotate")(ops_cmd.annotate)
 app.command("evaluate")(ops_cmd.evaluate)
+app.add_typer(export_cmd.app, name="export")
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(audit_cmd.app, name="audit")
 app.command("report")(report_cmd.report)

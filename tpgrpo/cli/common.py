@@ -77,7 +77,7 @@ def check_output_dir(path: str, option: str) -> None:
     if not path.strip():
         raise UserError(f"{option} is empty; give a local folder, or leave it out")
     if "://" in path:
-        raise UserError(f"{option} {path!r} must be a local folder (the report is written on this machine)")
+        raise UserError(f"{option} {path!r} must be a local folder (it is written on this machine)")
     target = Path(path).expanduser()
     existing = _first_existing(target)
     if not existing.is_dir():
