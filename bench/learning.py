@@ -208,7 +208,7 @@ def evaluate_run(
     cache = eval_cache(root, run_id, checkpoint, replicates, steps, ema)
     if cache.is_file():
         return json.loads(cache.read_text())
-    from tpgrpo.cli.common import load_run
+    from tpgrpo.pipeline.context import load_run
     from tpgrpo.rewards import make_reward
     from tpgrpo.stages.checkpoints import load_adapter
     from tpgrpo.stages.evaluate import evaluate

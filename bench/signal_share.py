@@ -86,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     from tpgrpo.config import load_config
-    from tpgrpo.flows.steps import RunContext
+    from tpgrpo.pipeline.context import RunContext
     from tpgrpo.stages.common import make_grid
 
     sets = [f"rollout.group_size={args.group_size}"] if args.group_size else []

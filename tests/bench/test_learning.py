@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tpgrpo.cli.common import load_run
 from tpgrpo.errors import UserError
+from tpgrpo.pipeline.context import load_run
 from tpgrpo.storage.blobs import blob_state
 
 LEARNING = Path(__file__).resolve().parents[2] / "bench" / "learning.py"

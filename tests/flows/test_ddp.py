@@ -170,8 +170,8 @@ def test_train_flow_launches_torchrun(
     """`update.ddp_procs: 2` in the train flow: the same datasets as the stored run, the same update
     within tolerance, and a finished update is skipped without starting torchrun."""
     from tpgrpo.flows import ddp_update
-    from tpgrpo.flows.steps import RunContext
     from tpgrpo.flows.train import train
+    from tpgrpo.pipeline.context import RunContext
 
     root = tmp_path / "runs"
     cfg = _config(flow_pipeline, root, **{"update.ddp_procs": 2})

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from tpgrpo.algorithm import Window
-from tpgrpo.cli.common import load_run
 from tpgrpo.config import load_config_data
 from tpgrpo.errors import ConfigError
 from tpgrpo.flows.train import train
-from tpgrpo.report.runs import format_windows, run_windows
+from tpgrpo.pipeline.catalog import format_windows, run_windows
+from tpgrpo.pipeline.context import load_run
 from tpgrpo.report.verify import verify_run
 
 from .conftest import one_torch_thread, small_config

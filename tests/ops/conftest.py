@@ -116,8 +116,8 @@ def stored_run(
     """Two trained iterations and an evaluation of checkpoints 0, 1, 2 (real flows, this process)."""
     from tpgrpo.config import load_config_data
     from tpgrpo.flows.evaluate import run_evaluation
-    from tpgrpo.flows.steps import RunContext
     from tpgrpo.flows.train import train
+    from tpgrpo.pipeline.context import RunContext
 
     model, reward = ops_model
     root = tmp_path_factory.mktemp("ops-runs") / "runs"

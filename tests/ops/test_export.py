@@ -26,7 +26,7 @@ from .conftest import EVAL_STEPS, StoredRun, assert_user_error, run_cli
 
 
 def _context(run: StoredRun) -> Any:
-    from tpgrpo.cli.common import load_run
+    from tpgrpo.pipeline.context import load_run
 
     return load_run(run.run_id, str(run.root))
 
@@ -104,7 +104,7 @@ def _load_and_reproduce(run: StoredRun, out: Path, checkpoint: int, eval_steps: 
 
 def test_export_loads_in_diffusers_and_reproduces_evaluate(stored_run: StoredRun, tmp_path: Path) -> None:
     from tpgrpo.flows.evaluate import eval_name
-    from tpgrpo.report.runs import eval_records
+    from tpgrpo.pipeline.catalog import eval_records
 
     out = tmp_path / "exports" / "lora"
     result = run_cli("export", "lora", *stored_run.args("--out", str(out)))
@@ -147,8 +147,8 @@ def flux_run(ops_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
 
     from tpgrpo.config import load_config_data
     from tpgrpo.flows.evaluate import run_evaluation
-    from tpgrpo.flows.steps import RunContext
     from tpgrpo.flows.train import train
+    from tpgrpo.pipeline.context import RunContext
 
     base = tmp_path_factory.mktemp("flux-run")
     build_tiny_flux().save_pretrained(base / "flux", safe_serialization=True)

@@ -178,8 +178,8 @@ def test_cli_healthy_run(run_copy: StoredRun) -> None:
 
 def test_run_with_v1_updates_reads_resumes_verifies_and_reports(run_copy: StoredRun, tmp_path: Path) -> None:
     """The stored run as a tpgrpo before schema v2 left it: its `updates` in v1 (no per-step columns)."""
-    from tpgrpo.cli.common import load_run
     from tpgrpo.flows.steps import prepare_update
+    from tpgrpo.pipeline.context import load_run
 
     for i in (0, 1):
         uri = run_copy.layout.updates(i)
@@ -211,8 +211,8 @@ def test_run_with_v1_updates_reads_resumes_verifies_and_reports(run_copy: Stored
 @pytest.mark.integration
 def test_resume_trains_on_after_v1_updates(run_copy: StoredRun) -> None:
     """A v1 run resumed for one more iteration: iterations 0–1 are skipped, iteration 2 writes v2 rows."""
-    from tpgrpo.cli.common import load_run
     from tpgrpo.flows.train import train
+    from tpgrpo.pipeline.context import load_run
 
     for i in (0, 1):
         uri = run_copy.layout.updates(i)

@@ -223,7 +223,7 @@ def test_evaluate_bad_arguments(stored_run: StoredRun, extra: list[str], fragmen
 
 def test_evaluation_sampled_with_the_ema_weights(stored_run: StoredRun) -> None:
     """The stored eval images of checkpoint 2 are pure-ODE samples of its EMA adapter, bit for bit."""
-    from tpgrpo.cli.common import load_run
+    from tpgrpo.pipeline.context import load_run
     from tpgrpo.schemas.images import decode_png
     from tpgrpo.stages.checkpoints import load_adapter
     from tpgrpo.stages.evaluate import sample_ode

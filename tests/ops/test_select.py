@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tpgrpo.errors import UserError
-from tpgrpo.report.select import check_modes, parse_reward_spec, select_iterations
+from tpgrpo.pipeline.select import check_modes, parse_reward_spec, select_iterations
 
 
 @pytest.mark.parametrize(

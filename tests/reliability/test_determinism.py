@@ -62,8 +62,8 @@ def _train(flow_pipeline: Path, root: Path, run_id: str, server: PrefectServer) 
 
 def _resume(layout: RunLayout, server: PrefectServer) -> None:
     """`tpgrpo train` of a stored run again (its config read back from run.json)."""
-    from tpgrpo.cli.common import load_run
     from tpgrpo.flows.train import train
+    from tpgrpo.pipeline.context import load_run
 
     ctx = load_run(layout.run_id, layout.root)
     with use_server(server):

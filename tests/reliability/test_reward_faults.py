@@ -19,9 +19,9 @@ import pyarrow as pa
 import pytest
 from ops.conftest import run_cli
 
-from tpgrpo.cli.common import load_run
 from tpgrpo.errors import DataError, RewardError
 from tpgrpo.flows import steps
+from tpgrpo.pipeline.context import load_run
 from tpgrpo.storage import RunLayout, read_table, write_dataset
 from tpgrpo.storage.manifest import MANIFEST_NAME
 

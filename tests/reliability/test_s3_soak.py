@@ -30,8 +30,8 @@ def test_train_flow_through_a_faulty_network(
     proxy: FaultProxy,
 ) -> None:
     from tpgrpo.config import load_config_data
-    from tpgrpo.flows.steps import RunContext
     from tpgrpo.flows.train import train
+    from tpgrpo.pipeline.context import RunContext
     from tpgrpo.report.verify import verify_run
 
     data = small_config(flow_pipeline, Path("."))

@@ -165,7 +165,7 @@ def test_pickled_checkpoint_file_is_refused(
 ) -> None:
     """An attacker with write access replaces a checkpoint file by a pickle and fixes the manifest's
     checksum: loading refuses it (safetensors only), and the payload never runs."""
-    from tpgrpo.cli.common import load_run
+    from tpgrpo.pipeline.context import load_run
     from tpgrpo.stages.checkpoints import load_checkpoint
 
     root = tmp_path / "runs"

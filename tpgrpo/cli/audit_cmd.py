@@ -21,8 +21,8 @@ ModeOption = Annotated[str | None, typer.Option("--mode", help="Reward mode [def
 
 def key_and_mode(ctx: Any, reward: str | None, mode: str | None) -> tuple[str, str]:
     """The reward key and mode to read (validated: stored key, known mode)."""
-    from tpgrpo.report.runs import config_reward_key
-    from tpgrpo.report.select import check_modes, check_reward_key
+    from tpgrpo.pipeline.catalog import config_reward_key
+    from tpgrpo.pipeline.select import check_modes, check_reward_key
 
     m = check_modes([mode])[0] if mode is not None else ctx.cfg.reward.mode
     if reward is None:
@@ -33,7 +33,7 @@ def key_and_mode(ctx: Any, reward: str | None, mode: str | None) -> tuple[str, s
 
 def annotated_iterations(ctx: Any, key: str, mode: str) -> list[int]:
     """The iterations with finished annotations of `key`/`mode`."""
-    from tpgrpo.report.runs import annotation_iterations
+    from tpgrpo.pipeline.catalog import annotation_iterations
 
     return annotation_iterations(ctx, key, mode)[0]
 
@@ -41,7 +41,7 @@ def annotated_iterations(ctx: Any, key: str, mode: str) -> list[int]:
 def fail_on_left_out(ctx: Any, key: str, mode: str) -> None:
     """Names every iteration whose `key`/`mode` annotations are damaged (one line each, stderr) and
     fails: a report or statistics without them must not pass for complete."""
-    from tpgrpo.report.runs import annotation_iterations, left_out_error
+    from tpgrpo.pipeline.catalog import annotation_iterations, left_out_error
 
     damaged = annotation_iterations(ctx, key, mode)[1]
     for i, reason in sorted(damaged.items()):
@@ -64,7 +64,7 @@ def trajectory(
 ) -> None:
     """One trajectory: boundary rewards, increments, turning points, step rewards and advantages."""
     from tpgrpo.cli.common import check_output_file
-    from tpgrpo.report.select import check_iteration
+    from tpgrpo.pipeline.select import check_iteration
     from tpgrpo.report.trajectory import format_trajectory, load_trajectory, trajectory_strip
 
     if png is not None:

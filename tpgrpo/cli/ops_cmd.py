@@ -51,8 +51,8 @@ def rescore(
     from tpgrpo.cli.console import quiet_expected_failures
     from tpgrpo.flows.rescore import rescore as run_rescore
     from tpgrpo.flows.server import temporary_server
-    from tpgrpo.report.runs import config_reward_key, manifest_or_none
-    from tpgrpo.report.select import skipped_error
+    from tpgrpo.pipeline.catalog import config_reward_key, manifest_or_none
+    from tpgrpo.pipeline.select import skipped_error
 
     quiet_expected_failures()
     ctx = load_run(run, root)
@@ -101,8 +101,8 @@ def annotate(
     """Re-annotate stored scores with another reward mode (an ablation: seconds of CPU, no sampling)."""
     from tpgrpo.flows.rescore import guard_training_data
     from tpgrpo.flows.steps import annotate_step
-    from tpgrpo.report.runs import usable_iterations
-    from tpgrpo.report.select import check_modes, check_reward_key, select_with_skips, skipped_error
+    from tpgrpo.pipeline.catalog import usable_iterations
+    from tpgrpo.pipeline.select import check_modes, check_reward_key, select_with_skips, skipped_error
     from tpgrpo.storage.lock import run_lock
 
     ctx = load_run(run, root)

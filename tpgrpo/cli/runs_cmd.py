@@ -27,7 +27,7 @@ def list_runs(root: RootOption = None) -> None:
     A damaged run gets one line saying so and what to do; every other run is still listed, and the
     exit code is then 1."""
     from tpgrpo.errors import TpgrpoError
-    from tpgrpo.report.runs import run_info
+    from tpgrpo.pipeline.catalog import run_info
     from tpgrpo.storage import list_runs as stored_runs
     from tpgrpo.storage.access import check_root
 
@@ -69,7 +69,7 @@ def show(
     root: RootOption = None,
 ) -> None:
     """A run in detail: config summary, per-iteration rewards and costs, rescored keys, evaluations."""
-    from tpgrpo.report.runs import format_windows, run_info, run_windows, stage_reached
+    from tpgrpo.pipeline.catalog import format_windows, run_info, run_windows, stage_reached
     from tpgrpo.storage import read_run_record
 
     ctx = load_run(run_id, root)
@@ -147,7 +147,7 @@ def invalidate(
     """Clear what was built from a rebuilt input that differs: iteration --from on, later checkpoints
     and their evaluations. `tpgrpo train` then rebuilds them. Without --yes, only lists them."""
     from tpgrpo.errors import UserError
-    from tpgrpo.report.runs import checkpoint_or_none, config_reward_key
+    from tpgrpo.pipeline.catalog import checkpoint_or_none, config_reward_key
     from tpgrpo.storage.invalidate import invalidate as remove
     from tpgrpo.storage.invalidate import plan_invalidation
     from tpgrpo.storage.lock import run_lock

@@ -41,7 +41,7 @@ def train(
     from tpgrpo.config import load_config
     from tpgrpo.flows.preflight import preflight
     from tpgrpo.flows.server import temporary_server
-    from tpgrpo.flows.steps import RunContext
+    from tpgrpo.pipeline.context import RunContext
 
     cfg = load_config(config or default_config_path(), overrides or [])
     base = resolve_root(root, cfg.storage.root)

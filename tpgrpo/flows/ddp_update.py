@@ -52,8 +52,8 @@ def run_rank(run: str, iteration: int, root: str | None = None, force: bool = Fa
     """
     import torch
 
-    from tpgrpo.cli.common import echo, load_run
     from tpgrpo.flows.steps import update_step
+    from tpgrpo.pipeline.context import load_run
     from tpgrpo.stages.update import DataParallel
 
     rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
@@ -82,7 +82,7 @@ def run_rank(run: str, iteration: int, root: str | None = None, force: bool = Fa
     if world > 1:
         torch.distributed.init_process_group(backend=backend)
     try:
-        log = echo if rank == 0 else _quiet
+        log = typer.echo if rank == 0 else _quiet
         if rank == 0 and world > 1:
             log(f"update it{iteration}: data-parallel over {world} processes ({backend})")
         return update_step(ctx, iteration, force=force, log=log, dp=DataParallel(rank, world))

@@ -21,7 +21,7 @@ from prefect.logging import get_run_logger
 
 from tpgrpo.errors import ConfigError, UserError
 from tpgrpo.flows.rescore import TASK_OPTIONS
-from tpgrpo.flows.steps import RunContext
+from tpgrpo.pipeline.context import RunContext
 from tpgrpo.storage import finalize_dataset, prepare_output, read_manifest, read_table
 from tpgrpo.storage.provenance import canonical_json, config_hash, sha256_hex
 
@@ -237,51 +237,6 @@ def evaluate_flow(
     return [run_task(ctx, k, spec, steps, prompt_source, per_task, replicates, force) for k in checkpoints]
 
 
-def select_checkpoints(ctx: RunContext, text: str | None) -> list[int]:
-    """`--checkpoint`: `K`, `latest` (default) or `all`, among the run's finished checkpoints.
-
-    Raises:
-        UserError: bad syntax or a checkpoint the run does not have.
-    """
-    from tpgrpo.report.runs import finished_checkpoints
-
-    have = finished_checkpoints(ctx)
-    if not have:
-        raise UserError(
-            f"run {ctx.layout.run_id!r} has no finished checkpoint; train it first (tpgrpo train)"
-        )
-    if text is None or text == "latest":
-        return [have[-1]]
-    if text == "all":
-        stranded = finished_after_gap(ctx, have[-1] + 1)
-        if stranded:
-            raise UserError(
-                f"checkpoint {have[-1] + 1} of run {ctx.layout.run_id!r} is missing or unfinished while "
-                f"later checkpoints ({', '.join(map(str, stranded))}) are finished: it was damaged or "
-                f"deleted. See tpgrpo audit verify --run {ctx.layout.run_id}; rerunning tpgrpo train "
-                "rebuilds it; --checkpoint K evaluates one finished checkpoint meanwhile"
-            )
-        return have
-    if not text.strip().isdigit():
-        raise UserError(f"invalid --checkpoint {text!r}: use K (0 is the base model), latest or all")
-    k = int(text)
-    if k not in have:
-        raise UserError(
-            f"checkpoint {k} outside run {ctx.layout.run_id!r}: its finished checkpoints are "
-            f"{have[0]} … {have[-1]} (0 is the base model)"
-        )
-    return [k]
-
-
-def finished_after_gap(ctx: RunContext, gap: int) -> list[int]:
-    """Finished checkpoints after the unfinished or missing checkpoint `gap` (none while training
-    is only in progress: then nothing exists after the checkpoint being written)."""
-    from tpgrpo.report.runs import checkpoint_or_none
-
-    later = [k for k in ctx.layout.list_checkpoints() if k > gap]
-    return [k for k in later if checkpoint_or_none(ctx.layout.checkpoint(k), ctx.storage_options)]
-
-
 def run_evaluation(
     ctx: RunContext,
     *,
@@ -302,7 +257,7 @@ def run_evaluation(
         UserError: a device this machine lacks, an unknown checkpoint, reward, step count or prompt set.
     """
     from tpgrpo.models.devices import check_model_device
-    from tpgrpo.report.select import parse_reward_spec
+    from tpgrpo.pipeline.select import parse_reward_spec, select_checkpoints
     from tpgrpo.stages.prompts import check_prompts_for_reward
     from tpgrpo.storage import validate_key
 
@@ -344,7 +299,7 @@ def evaluate_deployment(
 
     `checkpoint`: K, `latest` or `all`; `reward`: None (the run's), a name, JSON text or a mapping.
     """
-    from tpgrpo.cli.common import load_run
+    from tpgrpo.pipeline.context import load_run
 
     return run_evaluation(
         load_run(run, root),

@@ -8,7 +8,7 @@ Prefect task (whose failure would be logged with a traceback). Everything here o
 from __future__ import annotations
 
 from tpgrpo.errors import ConfigError, UserError
-from tpgrpo.flows.steps import RunContext
+from tpgrpo.pipeline.context import RunContext
 from tpgrpo.stages.common import window_check
 from tpgrpo.stages.prompts import check_prompts_for_reward, run_prompts
 from tpgrpo.storage import read_run_record, validate_key

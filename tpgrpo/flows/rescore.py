@@ -19,8 +19,8 @@ from prefect.logging import get_run_logger
 from tpgrpo.errors import UserError
 from tpgrpo.flows import steps
 from tpgrpo.flows.runner import task_runner_for
-from tpgrpo.flows.steps import RunContext
 from tpgrpo.flows.train import retry_on_io
+from tpgrpo.pipeline.context import RunContext
 from tpgrpo.storage import validate_key
 from tpgrpo.storage.lock import run_lock
 
@@ -77,7 +77,7 @@ def guard_training_data(ctx: RunContext, key: str, modes: list[str], force: bool
         UserError: `spec` is another reward under the run's own key, or `force` would replace the
             scores or annotations an update trained on.
     """
-    from tpgrpo.report.runs import config_reward_key
+    from tpgrpo.pipeline.catalog import config_reward_key
 
     if key != config_reward_key(ctx):
         return
@@ -125,8 +125,8 @@ def rescore(
         UserError: bad spec, unknown reward or mode, iterations outside the run, a protected key,
             or the run is locked by another process.
     """
-    from tpgrpo.report.runs import usable_iterations
-    from tpgrpo.report.select import check_modes, parse_reward_spec, select_with_skips
+    from tpgrpo.pipeline.catalog import usable_iterations
+    from tpgrpo.pipeline.select import check_modes, parse_reward_spec, select_with_skips
 
     parsed = parse_reward_spec(spec)
     key = validate_key(ctx.reward_key(parsed))  # builds the reward: unknown names, bad parameters
@@ -160,8 +160,8 @@ def rescore_deployment(
     `reward` is a name, a JSON text or a mapping (`prefect deployment run --param` parses JSON);
     `iters` as `--iters` (a bare number is one iteration).
     """
-    from tpgrpo.cli.common import load_run
-    from tpgrpo.report.select import skipped_error
+    from tpgrpo.pipeline.context import load_run
+    from tpgrpo.pipeline.select import skipped_error
 
     selection = str(iters) if iters is not None else None
     result = rescore(load_run(run, root), reward, iters=selection, modes=modes, force=force)

@@ -8,17 +8,17 @@ other inputs is refused unless `force`. Stages never build paths: every URI come
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from tpgrpo.algorithm import AnnotationConfig
-from tpgrpo.config import Config, ModelConfig
 from tpgrpo.errors import ConfigError, DataError, UserError
+from tpgrpo.pipeline.cache import initial_adapter
+from tpgrpo.pipeline.context import Log, RunContext, quiet
 from tpgrpo.schemas.updates import BY_STEP
 from tpgrpo.stages import annotate, branch, rollout, score, update
 from tpgrpo.stages.checkpoints import initial_state, load_adapter, load_checkpoint, write_checkpoint
@@ -31,7 +31,6 @@ from tpgrpo.stages.common import (
 )
 from tpgrpo.stages.prompts import check_prompts_for_reward, run_prompts
 from tpgrpo.storage import (
-    RunLayout,
     finalize_dataset,
     manifest_hash,
     prepare_output,
@@ -46,67 +45,10 @@ from tpgrpo.storage.uri import filesystem_for
 
 STAGES = ("rollout", "branch", "score", "annotate", "update")
 
-Log = Callable[[str], None]
-
-
-def _quiet(message: str) -> None:
-    return None
-
-
-# --- context -------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunContext:
-    """Everything a step needs: the config and where the run lives."""
-
-    cfg: Config
-    layout: RunLayout
-    storage_options: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def create(cls, cfg: Config, run_id: str, root: str | None = None) -> RunContext:
-        opts = cfg.storage_options()
-        return cls(cfg, RunLayout(root or cfg.storage.root, run_id, opts), opts)
-
-    def policy(self) -> Any:
-        """The policy with a LoRA adapter (loaded once per process and model config)."""
-        u = self.cfg.update
-        return _policy(self.cfg.model.model_dump_json(), u.lora_rank, u.lora_alpha, self.cfg.seed)
-
-    def reward(self, spec: Any = None) -> Any:
-        """The reward of `spec` (default: the config's), built once per process."""
-        return _reward(json.dumps(self.cfg.reward.spec if spec is None else spec, sort_keys=True))
-
-    def reward_key(self, spec: Any = None) -> str:
-        return str(self.reward(spec).key)
-
-
-_INITIAL_ADAPTERS: dict[int, bytes] = {}
-
-
-@functools.lru_cache(maxsize=2)
-def _policy(model_json: str, rank: int, alpha: float, seed: int) -> Any:
-    from tpgrpo.models.factory import load_policy
-    from tpgrpo.models.lora import adapter_to_bytes, add_lora
-
-    policy = load_policy(ModelConfig.model_validate_json(model_json))
-    add_lora(policy, rank=rank, alpha=alpha, seed=seed)
-    _INITIAL_ADAPTERS[id(policy)] = adapter_to_bytes(policy.transformer)  # what checkpoint 0 holds
-    return policy
-
-
-@functools.lru_cache(maxsize=4)
-def _reward(spec_json: str) -> Any:
-    from tpgrpo.rewards import make_reward
-
-    return make_reward(json.loads(spec_json))
-
-
 # --- run start -----------------------------------------------------------------------------------
 
 
-def init_run(ctx: RunContext, log: Log = _quiet) -> None:
+def init_run(ctx: RunContext, log: Log = quiet) -> None:
     """Create the run (run.json, prompts, checkpoint 0) or check that it is the same run.
 
     Raises:
@@ -155,7 +97,7 @@ def init_run(ctx: RunContext, log: Log = _quiet) -> None:
         if state == "debris":
             clear_blobs(ckpt0, opts)
         policy = ctx.policy()
-        adapter_from_bytes(policy.transformer, _INITIAL_ADAPTERS[id(policy)])
+        adapter_from_bytes(policy.transformer, initial_adapter(policy))
         optimizer, ema, train_state = initial_state(cfg, policy)
         write_checkpoint(
             ckpt0,
@@ -418,7 +360,7 @@ SHARD_FUNCS: dict[str, Callable[..., dict[str, float]]] = {
 
 
 def finalize(
-    ctx: RunContext, p: Plan, stats: list[dict[str, float]], log: Log = _quiet, spec: Any = None
+    ctx: RunContext, p: Plan, stats: list[dict[str, float]], log: Log = quiet, spec: Any = None
 ) -> Any:
     """Write the manifest of a sharded stage, with its shards' summed stats; announces the stored
     datasets built from another version of this output (`report_stale_consumers`)."""
@@ -445,7 +387,7 @@ def finalize(
 
 
 def sharded_step(
-    ctx: RunContext, stage: str, iteration: int, force: bool = False, log: Log = _quiet, spec: Any = None
+    ctx: RunContext, stage: str, iteration: int, force: bool = False, log: Log = quiet, spec: Any = None
 ) -> Any:
     """A sharded stage in this process (shards one after another): the CLI's path."""
     p = plan(ctx, stage, iteration, spec=spec)
@@ -465,7 +407,7 @@ def annotate_step(
     ctx: RunContext,
     iteration: int,
     force: bool = False,
-    log: Log = _quiet,
+    log: Log = quiet,
     spec: Any = None,
     mode: str | None = None,
     key: str | None = None,
@@ -584,7 +526,7 @@ def update_step(
     ctx: RunContext,
     iteration: int,
     force: bool = False,
-    log: Log = _quiet,
+    log: Log = quiet,
     dp: update.DataParallel | None = None,
 ) -> Any:
     """Train on `iteration`: writes its `updates` dataset and checkpoint `iteration + 1`.
@@ -655,7 +597,7 @@ def run_stage(
     stage: str,
     iteration: int,
     force: bool = False,
-    log: Log = _quiet,
+    log: Log = quiet,
     spec: Any = None,
     mode: str | None = None,
 ) -> Any:

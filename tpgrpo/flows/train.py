@@ -22,7 +22,8 @@ from tpgrpo.config import Config
 from tpgrpo.flows import steps
 from tpgrpo.flows.preflight import preflight
 from tpgrpo.flows.runner import task_runner_for
-from tpgrpo.flows.steps import Plan, RunContext
+from tpgrpo.flows.steps import Plan
+from tpgrpo.pipeline.context import RunContext
 from tpgrpo.storage import drop_latents
 from tpgrpo.storage.lock import run_lock
 

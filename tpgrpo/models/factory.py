@@ -19,10 +19,13 @@ EMBEDDED_PREFIX = "embedded:"
 
 
 def embedded_checkpoint_dir() -> Path:
-    """Where the tiny pretrained checkpoint lives inside the package (`tpgrpo/world/checkpoint`)."""
-    import tpgrpo.world
+    """Where the tiny pretrained checkpoint lives inside the package (`tpgrpo/world/checkpoint`).
 
-    return Path(tpgrpo.world.__file__).resolve().parent / "checkpoint"
+    Found from the package's root, not by importing `tpgrpo.world` (which imports `models`).
+    """
+    import tpgrpo
+
+    return Path(tpgrpo.__file__).resolve().parent / "world" / "checkpoint"
 
 
 def resolve_model_path(path: str) -> str:

@@ -18,10 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tpgrpo.report import html
-from tpgrpo.report.health import format_health, read_health
-from tpgrpo.report.plots import Series, learning_plots, reward_curves, turning_point_plots
-from tpgrpo.report.runs import (
+from tpgrpo.pipeline.catalog import (
     RunInfo,
     checkpoint_or_none,
     format_windows,
@@ -31,6 +28,9 @@ from tpgrpo.report.runs import (
     run_windows,
     stage_reached,
 )
+from tpgrpo.report import html
+from tpgrpo.report.health import format_health, read_health
+from tpgrpo.report.plots import Series, learning_plots, reward_curves, turning_point_plots
 from tpgrpo.report.stats import TurningPointStats, format_turning_points, read_turning_point_stats
 
 Log = Callable[[str], None]

@@ -101,7 +101,7 @@ def pick_checkpoint(ctx: Any, text: str | None) -> int:
     Raises:
         UserError: `all`, bad syntax, an unknown checkpoint, or checkpoint 0 (the base model).
     """
-    from tpgrpo.flows.evaluate import select_checkpoints
+    from tpgrpo.pipeline.select import select_checkpoints
 
     if text is not None and text.strip() == "all":
         raise UserError("--checkpoint all: export writes one LoRA; give K (a checkpoint number) or latest")
@@ -195,7 +195,7 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 
 def _evaluations(ctx: Any, k: int, weights: str) -> list[str]:
     """The model card's evaluation section: every finished eval dataset of checkpoint `k`."""
-    from tpgrpo.report.runs import eval_records
+    from tpgrpo.pipeline.catalog import eval_records
 
     found = [e for e in eval_records(ctx) if e.checkpoint == k]
     run = ctx.layout.run_id
@@ -246,7 +246,7 @@ def model_card(
     sha256: str,
 ) -> str:
     """The export's `README.md` (Markdown with a Hugging Face metadata header)."""
-    from tpgrpo.report.runs import config_reward_key
+    from tpgrpo.pipeline.catalog import config_reward_key
 
     cfg, run = ctx.cfg, ctx.layout.run_id
     configured, base = _base_model(cfg.model.path)

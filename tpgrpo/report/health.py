@@ -168,7 +168,7 @@ def read_health(ctx: Any, reward_key: str, mode: str) -> HealthReport:
         reward_key (`str`), mode (`str`): the annotations to count zero-std groups in (the run's
             own: what its updates trained on).
     """
-    from tpgrpo.report.runs import manifest_or_none
+    from tpgrpo.pipeline.catalog import manifest_or_none
     from tpgrpo.schemas.updates import BY_STEP
     from tpgrpo.storage import read_table
 

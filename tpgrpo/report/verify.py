@@ -86,7 +86,7 @@ class _Verifier:
             self.fault(uri, problem)
 
     def status(self, uri: str) -> str:
-        from tpgrpo.report.runs import dataset_status
+        from tpgrpo.pipeline.catalog import dataset_status
 
         return dataset_status(uri, self.ctx.storage_options)
 
@@ -291,7 +291,7 @@ class _Verifier:
 
         A `window_size: null` run's `W` follows the rule of the code that sampled it (`T − 1` before
         SPEC §2's floor, the floor window since), so only the rollouts can tell it."""
-        from tpgrpo.report.runs import rollout_window
+        from tpgrpo.pipeline.catalog import rollout_window
 
         if self._hashes.get(rollouts) is not None:
             try:
@@ -346,7 +346,7 @@ def verify_run(ctx: Any, *, reward_key: str | None = None, log: Log | None = Non
             by default).
         log (`Callable[[str], None]`, *optional*): progress messages.
     """
-    from tpgrpo.report.runs import config_reward_key
+    from tpgrpo.pipeline.catalog import config_reward_key
     from tpgrpo.storage.lock import lease_holder
 
     key = reward_key or config_reward_key(ctx)

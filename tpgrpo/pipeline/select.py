@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tpgrpo.errors import DataError, UserError
+from tpgrpo.pipeline.catalog import checkpoint_or_none, finished_checkpoints
 
 _RANGE = re.compile(r"\s*(\d*)\s*:\s*(\d*)\s*")
 _SINGLE = re.compile(r"\s*(\d+)\s*")
@@ -185,3 +186,44 @@ def check_reward_key(key: str, available: Sequence[str], *, run_id: str, iterati
             "score them first with tpgrpo rescore --reward SPEC"
         )
     return key
+
+
+def select_checkpoints(ctx: Any, text: str | None) -> list[int]:
+    """`--checkpoint`: `K`, `latest` (default) or `all`, among the run's finished checkpoints.
+
+    Raises:
+        UserError: bad syntax or a checkpoint the run does not have.
+    """
+    have = finished_checkpoints(ctx)
+    if not have:
+        raise UserError(
+            f"run {ctx.layout.run_id!r} has no finished checkpoint; train it first (tpgrpo train)"
+        )
+    if text is None or text == "latest":
+        return [have[-1]]
+    if text == "all":
+        stranded = finished_after_gap(ctx, have[-1] + 1)
+        if stranded:
+            raise UserError(
+                f"checkpoint {have[-1] + 1} of run {ctx.layout.run_id!r} is missing or unfinished while "
+                f"later checkpoints ({', '.join(map(str, stranded))}) are finished: it was damaged or "
+                f"deleted. See tpgrpo audit verify --run {ctx.layout.run_id}; rerunning tpgrpo train "
+                "rebuilds it; --checkpoint K evaluates one finished checkpoint meanwhile"
+            )
+        return have
+    if not text.strip().isdigit():
+        raise UserError(f"invalid --checkpoint {text!r}: use K (0 is the base model), latest or all")
+    k = int(text)
+    if k not in have:
+        raise UserError(
+            f"checkpoint {k} outside run {ctx.layout.run_id!r}: its finished checkpoints are "
+            f"{have[0]} … {have[-1]} (0 is the base model)"
+        )
+    return [k]
+
+
+def finished_after_gap(ctx: Any, gap: int) -> list[int]:
+    """Finished checkpoints after the unfinished or missing checkpoint `gap` (none while training
+    is only in progress: then nothing exists after the checkpoint being written)."""
+    later = [k for k in ctx.layout.list_checkpoints() if k > gap]
+    return [k for k in later if checkpoint_or_none(ctx.layout.checkpoint(k), ctx.storage_options)]
