@@ -150,7 +150,7 @@ def iteration_config(args: argparse.Namespace, model_dir: Path, work: Path) -> A
 
 def policy_for(args: argparse.Namespace, model_dir: Path, work: Path) -> Any:
     """The train flow's policy (saved pipeline + LoRA rank 32, loaded once per process), in eval mode."""
-    from tpgrpo.flows import steps
+    from tpgrpo.pipeline import steps
 
     policy = steps.RunContext.create(iteration_config(args, model_dir, work), "gpu-sd35m").policy()
     policy.transformer.eval()
@@ -212,7 +212,7 @@ def measured_chunks(cfg: Any, policy: Any) -> dict[str, int]:
     from tpgrpo.stages.batching import best_batch
     from tpgrpo.stages.common import make_grid
 
-    n = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration * cfg.rollout.group_size
+    n = cfg.rollout.trajectories
     shape = policy.latent_shape(cfg.model.height, cfg.model.width)
     cond, uncond = policy.encode([PROMPTS[0]]), policy.encode([""])
     g, configured = cfg.sampling.guidance_scale, cfg.branch.chunk_size
@@ -228,8 +228,8 @@ def part_iteration(args: argparse.Namespace, model_dir: Path, work: Path, out: d
 
     Fills `out` as it goes, so a failure late in the part still leaves what was measured.
     """
-    from tpgrpo.flows import steps
     from tpgrpo.flows.train import train
+    from tpgrpo.pipeline import steps
     from tpgrpo.stages.common import make_grid
     from tpgrpo.storage import read_manifest, read_table
 
@@ -304,8 +304,8 @@ def part_iteration(args: argparse.Namespace, model_dir: Path, work: Path, out: d
 
 def part_memory(args: argparse.Namespace, model_dir: Path, work: Path, out: dict[str, Any]) -> None:
     """The update's micro-batch sweep on the iteration's stored transitions (fills `out` as it goes)."""
-    from tpgrpo.flows import steps
     from tpgrpo.models.lora import lora_parameters
+    from tpgrpo.pipeline import steps
     from tpgrpo.stages import update
     from tpgrpo.stages.common import encode_prompts
 

@@ -70,7 +70,7 @@ def create_run(root: Path, config: str, seed: int, extra: list[str], sets: list[
     it: idempotent. `sets`: the configuration's overrides (default `COMMON + CONFIGS[config]`).
     Returns its `RunContext`."""
     from tpgrpo.config import load_config
-    from tpgrpo.flows import steps
+    from tpgrpo.pipeline import steps
 
     chosen = [*COMMON, *CONFIGS[config]] if sets is None else sets
     sets = [*chosen, f"seed={seed}", f"storage.root={root}", "iterations=1000", *extra]
@@ -97,7 +97,7 @@ def train_run(
     budget left exceeds half the last iteration's cost, so every run ends within half an iteration
     of the budget, whatever its cost per iteration.
     """
-    from tpgrpo.flows import steps
+    from tpgrpo.pipeline import steps
     from tpgrpo.storage import read_manifest
 
     ctx = create_run(root, config, seed, extra, sets)

@@ -66,7 +66,7 @@ def stage_scope(name: str, fn: Any) -> Any:
 def instrument() -> None:
     """Wrap the storage calls (where stages import them) and the stage steps."""
     from tpgrpo import storage
-    from tpgrpo.flows import steps
+    from tpgrpo.pipeline import steps
     from tpgrpo.stages import annotate, branch, checkpoints, rollout, score, update
 
     for module in (storage, rollout, branch, score, annotate, update, steps):
@@ -138,7 +138,7 @@ def main() -> None:
     storage_total = sum(v["storage_s"] for v in per_stage.values()) + outside_storage
     orchestration = max(0.0, wall - in_stages - outside_storage)
     overhead = (storage_total + orchestration) / wall
-    groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
+    groups = cfg.rollout.groups
     print(
         f"tiny config, {iterations} iteration(s), {groups} prompts x G={cfg.rollout.group_size}; "
         f"flow wall {wall:.1f}s (+ Prefect server start {server_s:.1f}s)"

@@ -115,9 +115,19 @@ class RolloutConfig(_Strict):
         1, ge=1, le=1024, description="GPU stages split over prompt groups into this many shards"
     )
 
+    @property
+    def groups(self) -> int:
+        """Prompt groups per iteration: `prompts_per_batch × batches_per_iteration`."""
+        return self.prompts_per_batch * self.batches_per_iteration
+
+    @property
+    def trajectories(self) -> int:
+        """Trajectories per iteration: `groups × group_size`."""
+        return self.groups * self.group_size
+
     @model_validator(mode="after")
     def _bounded_iteration(self) -> RolloutConfig:
-        n = self.prompts_per_batch * self.batches_per_iteration * self.group_size
+        n = self.trajectories
         if n > MAX_TRAJECTORIES:
             raise ValueError(
                 f"{n} trajectories per iteration (prompts_per_batch × batches_per_iteration × group_size) "
@@ -251,14 +261,13 @@ class Config(_Strict):
                 f"branch.completions=false leaves no intermediate rewards for mode {self.reward.mode}; "
                 "use reward.mode=flow_grpo or branch.completions=true"
             )
-        per_batch = self.rollout.prompts_per_batch * self.rollout.group_size
-        per_iter = per_batch * self.rollout.batches_per_iteration
+        per_iter = self.rollout.trajectories
         if per_iter % self.update.optimizer_steps:
             out.append(
                 f"update.optimizer_steps={self.update.optimizer_steps} does not divide the "
                 f"{per_iter} trajectories of an iteration (prompts_per_batch × group_size × batches)"
             )
-        groups = self.rollout.prompts_per_batch * self.rollout.batches_per_iteration
+        groups = self.rollout.groups
         if self.rollout.shards > groups:
             out.append(
                 f"rollout.shards={self.rollout.shards} exceeds the {groups} prompt groups of an iteration"

@@ -34,8 +34,8 @@ def _config(pipeline: Path, root: Path, **extra: Any) -> Config:
 
 def test_shard_task_arguments_pickle(flow_pipeline: Path, tmp_path: Path) -> None:
     """What a Dask worker receives: the RunContext (pydantic Config inside) and the Plan."""
-    from tpgrpo.flows.steps import Plan
     from tpgrpo.pipeline.context import RunContext
+    from tpgrpo.pipeline.steps import Plan
 
     ctx = RunContext.create(_config(flow_pipeline, tmp_path / "runs", **{"rollout.shards": 2}), "r")
     p = Plan("rollout", 0, ctx.layout.rollouts(0), "rollouts", {"prompts": "h"}, "c")

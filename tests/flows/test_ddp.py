@@ -79,7 +79,7 @@ def _config(pipeline: Path, root: Path, **extra: Any) -> Config:
 @pytest.fixture(scope="module")
 def stored(flow_pipeline: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run whose iteration 0 is annotated (stages called directly, no Prefect)."""
-    from tpgrpo.flows import steps
+    from tpgrpo.pipeline import steps
 
     root = tmp_path_factory.mktemp("ddp-stored") / "runs"
     ctx = steps.RunContext.create(_config(flow_pipeline, root), RUN)
@@ -93,7 +93,7 @@ def stored(flow_pipeline: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.fixture(scope="module")
 def single(stored: Path, flow_pipeline: Path, tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
     """The single-process update of the stored iteration (a copy of the run)."""
-    from tpgrpo.flows import steps
+    from tpgrpo.pipeline import steps
 
     root = tmp_path_factory.mktemp("ddp-single") / "runs"
     shutil.copytree(stored, root)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tpgrpo.config import load_config_data
-from tpgrpo.flows import steps
-from tpgrpo.flows.evaluate import eval_prompts
-from tpgrpo.stages.common import stage_config_hash
+from tpgrpo.pipeline import steps
+from tpgrpo.pipeline.evaluate import eval_prompts
+from tpgrpo.pipeline.lineage import stage_config_hash
 from tpgrpo.storage import read_table
 
 from .conftest import small_config

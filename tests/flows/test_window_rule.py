@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 def _train_with_the_old_rule(monkeypatch: Any, cfg: Any, run_id: str) -> None:
     import tpgrpo.flows.preflight
-    import tpgrpo.flows.steps
+    import tpgrpo.pipeline.start
     import tpgrpo.stages.common
 
     def old_rule(cfg: Any, sigmas: Any) -> Window:
@@ -38,7 +38,7 @@ def _train_with_the_old_rule(monkeypatch: Any, cfg: Any, run_id: str) -> None:
     with monkeypatch.context() as patch:
         patch.setattr(tpgrpo.stages.common, "run_window", old_rule)
         patch.setattr(tpgrpo.flows.preflight, "window_check", lambda cfg: [])
-        patch.setattr(tpgrpo.flows.steps, "window_check", lambda cfg: [])
+        patch.setattr(tpgrpo.pipeline.start, "window_check", lambda cfg: [])
         with one_torch_thread():
             train(cfg, run_id=run_id, iterations=1)
 

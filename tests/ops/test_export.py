@@ -52,10 +52,10 @@ def _load_and_reproduce(run: StoredRun, out: Path, checkpoint: int, eval_steps: 
     """
     import diffusers
 
-    from tpgrpo.flows.evaluate import eval_name, eval_prompts
     from tpgrpo.models.factory import resolve_model_path
     from tpgrpo.models.flux import FluxPolicy
     from tpgrpo.models.sd3 import SD3Policy
+    from tpgrpo.pipeline.evaluate import eval_name, eval_prompts
     from tpgrpo.schemas.images import decode_png
     from tpgrpo.storage import read_table
 
@@ -103,8 +103,8 @@ def _load_and_reproduce(run: StoredRun, out: Path, checkpoint: int, eval_steps: 
 
 
 def test_export_loads_in_diffusers_and_reproduces_evaluate(stored_run: StoredRun, tmp_path: Path) -> None:
-    from tpgrpo.flows.evaluate import eval_name
     from tpgrpo.pipeline.catalog import eval_records
+    from tpgrpo.pipeline.evaluate import eval_name
 
     out = tmp_path / "exports" / "lora"
     result = run_cli("export", "lora", *stored_run.args("--out", str(out)))

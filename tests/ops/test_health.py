@@ -178,8 +178,8 @@ def test_cli_healthy_run(run_copy: StoredRun) -> None:
 
 def test_run_with_v1_updates_reads_resumes_verifies_and_reports(run_copy: StoredRun, tmp_path: Path) -> None:
     """The stored run as a tpgrpo before schema v2 left it: its `updates` in v1 (no per-step columns)."""
-    from tpgrpo.flows.steps import prepare_update
     from tpgrpo.pipeline.context import load_run
+    from tpgrpo.pipeline.steps import prepare_update
 
     for i in (0, 1):
         uri = run_copy.layout.updates(i)

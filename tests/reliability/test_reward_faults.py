@@ -20,7 +20,7 @@ import pytest
 from ops.conftest import run_cli
 
 from tpgrpo.errors import DataError, RewardError
-from tpgrpo.flows import steps
+from tpgrpo.pipeline import steps
 from tpgrpo.pipeline.context import load_run
 from tpgrpo.storage import RunLayout, read_table, write_dataset
 from tpgrpo.storage.manifest import MANIFEST_NAME

@@ -51,7 +51,7 @@ def validate(
     if problems:
         raise ConfigError(problems)
     window = describe_window(cfg)
-    groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
+    groups = cfg.rollout.groups
     echo(f"{config}: valid")
     echo(
         f"  {cfg.model.family} model {cfg.model.path}; T={cfg.sampling.num_steps}, {window}, "

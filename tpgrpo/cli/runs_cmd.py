@@ -77,7 +77,7 @@ def show(
     cfg = info.config
     stored = read_run_record(ctx.layout) or {}
     window = format_windows(run_windows(ctx), cfg)
-    groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
+    groups = cfg.rollout.groups
     holder = info.holder
     status = info.status + (f" (pid {holder.get('pid')} on {holder.get('host')})" if holder else "")
     u = cfg.update

@@ -70,7 +70,7 @@ def stage(
 ) -> None:
     """Run one stage of one iteration of a stored run (skipped when already finished)."""
     from tpgrpo.errors import UserError
-    from tpgrpo.flows.steps import STAGES, run_stage
+    from tpgrpo.pipeline.steps import STAGES, run_stage
 
     if name not in STAGES:
         raise UserError(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}")

@@ -52,8 +52,8 @@ def run_rank(run: str, iteration: int, root: str | None = None, force: bool = Fa
     """
     import torch
 
-    from tpgrpo.flows.steps import update_step
     from tpgrpo.pipeline.context import load_run
+    from tpgrpo.pipeline.steps import update_step
     from tpgrpo.stages.update import DataParallel
 
     rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
@@ -170,7 +170,7 @@ def launch(ctx: Any, iteration: int, log: Any = _quiet) -> Any:
     Raises:
         TpgrpoError: torchrun exited non-zero (the message holds the end of its output).
     """
-    from tpgrpo.flows.steps import prepare_update
+    from tpgrpo.pipeline.steps import prepare_update
     from tpgrpo.storage.blobs import read_blob_manifest
 
     plan = prepare_update(ctx, iteration)

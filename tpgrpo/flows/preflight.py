@@ -7,26 +7,12 @@ Prefect task (whose failure would be logged with a traceback). Everything here o
 
 from __future__ import annotations
 
-from tpgrpo.errors import ConfigError, UserError
+from tpgrpo.errors import ConfigError
 from tpgrpo.pipeline.context import RunContext
+from tpgrpo.pipeline.start import check_existing_run
 from tpgrpo.stages.common import window_check
 from tpgrpo.stages.prompts import check_prompts_for_reward, run_prompts
-from tpgrpo.storage import read_run_record, validate_key
-
-
-def check_existing_run(ctx: RunContext) -> None:
-    """A run id that exists must hold this config (same hash) to be resumed.
-
-    Raises:
-        UserError: the run exists with another config.
-        DataError: its `run.json` is damaged.
-    """
-    stored = read_run_record(ctx.layout)
-    if stored is not None and stored.get("config_hash") != ctx.cfg.hash():
-        raise UserError(
-            f"run {ctx.layout.run_id!r} already exists with a different config "
-            f"(see {ctx.layout.run_json()}); use another --run-id, or the same config to resume it"
-        )
+from tpgrpo.storage import validate_key
 
 
 def preflight(ctx: RunContext) -> None:

@@ -17,9 +17,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from tpgrpo.errors import UserError
-from tpgrpo.flows import steps
 from tpgrpo.flows.runner import task_runner_for
 from tpgrpo.flows.train import retry_on_io
+from tpgrpo.pipeline import steps
 from tpgrpo.pipeline.context import RunContext
 from tpgrpo.storage import validate_key
 from tpgrpo.storage.lock import run_lock

@@ -1,7 +1,7 @@
 """The `train` flow: iterations of rollout → branch → score → annotate → update, resumable.
 
-Wiring only: each stage is a Prefect task around a step of `flows/steps.py`. The sharded model
-stages map their shards over the configured task runner (threads locally, a Dask cluster with
+Wiring only: each stage is a Prefect task around a step of `tpgrpo.pipeline.steps`. The sharded
+model stages map their shards over the configured task runner (threads locally, a Dask cluster with
 `flow.task_runner: dask`); annotate and update run in the flow's process, the update as a
 torchrun job of `update.ddp_procs` processes when that is > 1 (`flows/ddp_update.py`,
 docs/scale-out.md). Tasks retry only on I/O errors (storage, network); a compute error
@@ -19,11 +19,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from tpgrpo.config import Config
-from tpgrpo.flows import steps
 from tpgrpo.flows.preflight import preflight
 from tpgrpo.flows.runner import task_runner_for
-from tpgrpo.flows.steps import Plan
+from tpgrpo.pipeline import steps
 from tpgrpo.pipeline.context import RunContext
+from tpgrpo.pipeline.plan import Plan
 from tpgrpo.storage import drop_latents
 from tpgrpo.storage.lock import run_lock
 

@@ -142,7 +142,7 @@ def config_reward_key(ctx: Any) -> str:
     Found from the manifests (the rewards dataset whose config hash is the config spec's), so
     listing runs never loads a reward model; a run without scores yet builds the reward once.
     """
-    from tpgrpo.stages.common import score_config_hash
+    from tpgrpo.pipeline.lineage import score_config_hash
 
     wanted = score_config_hash(ctx.cfg.reward.spec)
     for i in ctx.layout.list_iterations():

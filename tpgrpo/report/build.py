@@ -235,7 +235,7 @@ def build_report(
 
     # --- summary
     window = format_windows(run_windows(ctx), cfg)
-    groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
+    groups = cfg.rollout.groups
     summary_rows = [
         ["status", f"{info.status}, {info.iterations_done}/{cfg.iterations} iterations done"],
         ["created", info.created.isoformat() if info.created else "-"],

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tpgrpo.errors import DataError
+from tpgrpo.pipeline.lineage import annotate_config_hash, input_uris, score_config_hash, stage_config_hash
 from tpgrpo.storage import Manifest, verify_dataset
 from tpgrpo.storage.blobs import BLOB_MANIFEST, read_blobs
 from tpgrpo.storage.files import read_bytes
@@ -207,8 +208,6 @@ class _Verifier:
     # --- the run ------------------------------------------------------------------------------------
 
     def run(self) -> VerifyReport:
-        from tpgrpo.stages.common import annotate_config_hash, score_config_hash, stage_config_hash
-
         layout, cfg = self.ctx.layout, self.ctx.cfg
         self.run_json()
         self.dataset(layout.prompts(), "prompts", {}, stage_config_hash(cfg, "prompts"))
@@ -218,20 +217,18 @@ class _Verifier:
         self.checkpoint(0, {}, update_hash)
         if self.status(layout.checkpoint(0)) == "missing":
             self.fault(layout.checkpoint(0), "missing: every run starts from checkpoint 0")
-        groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
-        n = groups * cfg.rollout.group_size
+        n = cfg.rollout.trajectories
         iterations = layout.list_iterations()
         for i in range(max(iterations) + 1 if iterations else 0):
             if self.log:
                 self.log(f"verifying iteration {i}")
-            ckpt = layout.checkpoint(i)
             rollouts, branches = layout.rollouts(i), layout.branches(i)
             if i not in iterations:
                 self.fault(layout.iteration_dir(i), f"missing, but iteration {max(iterations)} exists")
             self.dataset(
                 rollouts,
                 "rollouts",
-                {"prompts": layout.prompts(), "checkpoint": ckpt},
+                input_uris(layout, "rollout", i),
                 stage_config_hash(cfg, "rollout"),
                 rows=n,
             )
@@ -241,17 +238,16 @@ class _Verifier:
             self.dataset(
                 branches,
                 "branches",
-                {"rollouts": rollouts},
+                input_uris(layout, "branch", i),
                 stage_config_hash(cfg, "branch"),
                 rows=n * (w + 1) if w is not None else None,
             )
             for key in layout.list_rewards(i):
                 spec_hash = score_config_hash(cfg.reward.spec) if key == self.reward_key else None
-                rewards = layout.rewards(i, key)
                 self.dataset(
-                    rewards,
+                    layout.rewards(i, key),
                     "rewards",
-                    {"branches": branches},
+                    input_uris(layout, "score", i, key),
                     spec_hash,
                     rows=n * (w + 1) if w is not None else None,
                 )
@@ -259,15 +255,14 @@ class _Verifier:
                     self.dataset(
                         layout.annotations(i, key, mode),
                         "annotations",
-                        {"rewards": rewards, "rollouts": rollouts},
+                        input_uris(layout, "annotate", i, key, mode),
                         annotate_config_hash(cfg, mode),
                         rows=n * w if w is not None else None,
                     )
-            update_inputs = {"rollouts": rollouts, "checkpoint": ckpt}
-            annotations = layout.annotations(i, self.reward_key, cfg.reward.mode)
-            if annotations not in self._hashes:
-                self._hashes[annotations] = None
-            update_inputs["annotations"] = annotations
+            # the update reads the run's own annotations; checkpoint i + 1 records the same inputs
+            update_inputs = input_uris(layout, "update", i, self.reward_key, cfg.reward.mode)
+            for uri in update_inputs.values():
+                self._hashes.setdefault(uri, None)  # not verified above: missing for the lineage check
             self.dataset(
                 layout.updates(i),
                 "updates",
@@ -330,10 +325,9 @@ class _Verifier:
             match = re.fullmatch(r"iter=(\d{4,})(?:\.steps=\d+)?", name)
             expected: dict[str, str] = {}
             if match:
-                ckpt = layout.checkpoint(int(match.group(1)))
-                if ckpt not in self._hashes:
-                    self._hashes[ckpt] = None
-                expected = {"checkpoint": ckpt}
+                expected = input_uris(layout, "evaluate", int(match.group(1)))
+                for ckpt in expected.values():
+                    self._hashes.setdefault(ckpt, None)
             self.dataset(uri, "eval", expected)
 
 

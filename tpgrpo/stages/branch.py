@@ -169,7 +169,7 @@ def run_shard(
         doubles the batch: SD3 with CFG), `seconds`.
     """
     started = time.perf_counter()
-    groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
+    groups = cfg.rollout.groups
     mine = shard_groups(groups, shard, num_shards)
     rollouts = read_table(
         rollouts_uri,

@@ -1,4 +1,6 @@
-"""What several stages share: per-stage config hashes, seeds, the grid, prompt selection, chunking.
+"""What several stages share: seeds, the grid, prompt selection, chunking.
+
+(The per-stage config hashes are part of the lineage: `tpgrpo.pipeline.lineage`.)
 
 Seeds are derived, never drawn from global state: the initial noise and the step noise of a
 trajectory come from `trajectory_seed(seed, iteration, trajectory_id)` alone, so the result of a
@@ -24,59 +26,6 @@ from tpgrpo.algorithm import (
 )
 from tpgrpo.config import Config
 from tpgrpo.errors import ConfigError
-from tpgrpo.storage.provenance import config_hash
-
-# the config sections a model stage's output depends on (its manifest's config hash); score and
-# annotate hash their own arguments (`score_config_hash`, `annotate_config_hash`) since rescoring
-# and re-annotation run them with another reward or mode than the config's
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "prompts": ("rollout.prompts", "rollout.tasks"),
-    "rollout": ("seed", "model", "sampling", "rollout"),
-    "branch": ("seed", "model", "sampling", "rollout", "branch"),
-    "update": ("seed", "model", "sampling", "rollout", "reward", "advantage", "update"),
-}
-
-# knobs that change speed, never results: excluded from hashes so a rerun with another chunk size,
-# shard count or number of update processes still finds its finished outputs (the data-parallel
-# update equals the single-process one up to float summation order, docs/scale-out.md)
-SPEED_ONLY: tuple[tuple[str, str], ...] = (
-    ("model", "eval_batch"),
-    ("rollout", "shards"),
-    ("branch", "chunk_size"),
-    ("update", "ddp_procs"),
-    ("update", "gradient_checkpointing"),
-)
-
-
-def stage_config_hash(cfg: Config, stage: str) -> str:
-    """Hash of the config sections `stage` depends on (see `STAGE_SECTIONS`), over the values that
-    differ from their defaults (see `Config.hash`)."""
-    data = cfg.public_dict(exclude_defaults=True)
-    for section, key in SPEED_ONLY:
-        data.get(section, {}).pop(key, None)
-    picked: dict[str, Any] = {}
-    for name in STAGE_SECTIONS[stage]:
-        head, _, tail = name.partition(".")
-        picked[name] = data.get(head, {}).get(tail) if tail else data.get(head)
-    return config_hash({"stage": stage, **picked})
-
-
-def score_config_hash(spec: Any) -> str:
-    """Hash of a reward spec (the score stage's only setting)."""
-    return config_hash({"stage": "score", "spec": spec})
-
-
-def annotate_config_hash(cfg: Config, mode: str) -> str:
-    """Hash of what an annotation depends on: the mode, its switches and the advantage settings."""
-    return config_hash(
-        {
-            "stage": "annotate",
-            "mode": mode,
-            "initial_step": cfg.reward.initial_step,
-            "balance": cfg.reward.balance,
-            "advantage": cfg.advantage.model_dump(mode="json", exclude_defaults=True),
-        }
-    )
 
 
 def trajectory_seed(seed: int, iteration: int, trajectory_id: int) -> int:
@@ -224,7 +173,7 @@ def select_prompt_rows(num_prompts: int, cfg: Config, iteration: int) -> np.ndar
     Returns:
         `np.ndarray` `[groups]`: without repetition while the prompt set is large enough.
     """
-    groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
+    groups = cfg.rollout.groups
     rng = np.random.default_rng([cfg.seed, iteration, 1])
     if num_prompts >= groups:
         return rng.permutation(num_prompts)[:groups]

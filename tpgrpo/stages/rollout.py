@@ -157,9 +157,7 @@ def run_shard(
         prompts_uri, "prompts", columns=["prompt_id", "prompt"], storage_options=storage_options
     )
     plan = plan_trajectories(prompts, cfg, iteration)
-    mine = set(
-        shard_groups(cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration, shard, num_shards)
-    )
+    mine = set(shard_groups(cfg.rollout.groups, shard, num_shards))
     todo = [t for t in plan if t.group_id in mine]
     grid = make_grid(cfg, policy)
     shape = policy.latent_shape(cfg.model.height, cfg.model.width)

@@ -28,6 +28,7 @@ from tpgrpo.storage.layout import (
     validate_checkpoint,
     validate_key,
     validate_run_id,
+    write_run_record,
 )
 from tpgrpo.storage.provenance import code_version, config_hash
 from tpgrpo.storage.retention import drop_latents
@@ -62,4 +63,5 @@ __all__ = [
     "validate_run_id",
     "verify_dataset",
     "write_dataset",
+    "write_run_record",
 ]

@@ -18,10 +18,12 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from tpgrpo.errors import DataError, UserError
-from tpgrpo.storage.files import exists, list_dirs, read_bytes
+from tpgrpo.storage.files import exists, list_dirs, read_bytes, write_atomic
+from tpgrpo.storage.provenance import code_version
 from tpgrpo.storage.uri import filesystem_for, join_uri
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -220,6 +222,20 @@ def read_run_record(layout: RunLayout) -> dict[str, Any] | None:
             "backup (the run's datasets are untouched), or train into another --run-id"
         )
     return record
+
+
+def write_run_record(layout: RunLayout, config: Mapping[str, Any], config_hash: str) -> None:
+    """Write `run.json` (atomically): run id, the resolved public config, its hash, the code version
+    and the creation time. `read_run_record` reads it back; nothing else opens `run.json`."""
+    record = {
+        "run_id": layout.run_id,
+        "config": dict(config),
+        "config_hash": config_hash,
+        "code_version": code_version(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    fs, path = filesystem_for(layout.run_json(), layout.storage_options)
+    write_atomic(fs, path, json.dumps(record, indent=1).encode())
 
 
 def list_runs(root: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:

@@ -1,0 +1,83 @@
+"""A run's start: `run.json`, the prompt set and checkpoint 0, or the check that it is the same run."""
+
+from __future__ import annotations
+
+from tpgrpo.errors import ConfigError, UserError
+from tpgrpo.pipeline.cache import initial_adapter
+from tpgrpo.pipeline.context import Log, RunContext, quiet
+from tpgrpo.pipeline.lineage import stage_config_hash
+from tpgrpo.stages.checkpoints import initial_state, write_checkpoint
+from tpgrpo.stages.common import window_check
+from tpgrpo.stages.prompts import check_prompts_for_reward, run_prompts
+from tpgrpo.storage import prepare_output, read_run_record, write_dataset, write_run_record
+from tpgrpo.storage.blobs import blob_state, clear_blobs
+
+PROMPT_COLUMNS = ("prompt_id", "prompt", "task", "spec", "split")
+
+
+def check_existing_run(ctx: RunContext) -> bool:
+    """A run id that exists must hold this config (same hash) to be resumed.
+
+    Returns:
+        `bool`: whether the run exists (with this config).
+
+    Raises:
+        UserError: the run exists with another config (pick another `--run-id`).
+        DataError: its `run.json` is damaged.
+    """
+    stored = read_run_record(ctx.layout)
+    if stored is not None and stored.get("config_hash") != ctx.cfg.hash():
+        raise UserError(
+            f"run {ctx.layout.run_id!r} already exists with a different config "
+            f"(see {ctx.layout.run_json()}); use another --run-id, or the same config to resume it"
+        )
+    return stored is not None
+
+
+def init_run(ctx: RunContext, log: Log = quiet) -> None:
+    """Create the run (run.json, prompts, checkpoint 0) or check that it is the same run.
+
+    Raises:
+        UserError: the run id exists with another config (pick another `--run-id`).
+        ConfigError: the prompt set is unreadable, the reward cannot score its prompts, or the SDE
+            window breaks SPEC §2's floor on the model's grid (a new run is not created then).
+    """
+    cfg, layout, opts = ctx.cfg, ctx.layout, ctx.storage_options
+    if not check_existing_run(ctx):
+        rows = run_prompts(cfg)
+        problems = check_prompts_for_reward(rows, cfg.reward.spec) + window_check(cfg)
+        if problems:
+            raise ConfigError(problems)
+        write_run_record(layout, cfg.public_dict(), cfg.hash())
+        log(f"created run {layout.run_id} at {layout.run_dir}")
+    prompts_hash = stage_config_hash(cfg, "prompts")
+    decision = prepare_output(
+        layout.prompts(), inputs={}, config_hash=prompts_hash, schema_name="prompts", storage_options=opts
+    )
+    if decision == "write":
+        rows = run_prompts(cfg)
+        cols = {k: [r[k] for r in rows] for k in PROMPT_COLUMNS}
+        write_dataset(
+            layout.prompts(), "prompts", cols, inputs={}, config_hash=prompts_hash, storage_options=opts
+        )
+    ckpt0 = layout.checkpoint(0)
+    state = blob_state(ckpt0, opts)
+    if state != "done":
+        from tpgrpo.models.lora import adapter_from_bytes
+
+        if state == "debris":
+            clear_blobs(ckpt0, opts)
+        policy = ctx.policy()
+        adapter_from_bytes(policy.transformer, initial_adapter(policy))
+        optimizer, ema, train_state = initial_state(cfg, policy)
+        write_checkpoint(
+            ckpt0,
+            policy,
+            optimizer,
+            ema,
+            train_state,
+            inputs={},
+            config_hash=stage_config_hash(cfg, "update"),
+            storage_options=opts,
+        )
+        log("wrote the initial adapter (checkpoint 0)")
