@@ -99,9 +99,14 @@ def annotate(
     root: RootOption = None,
 ) -> None:
     """Re-annotate stored scores with another reward mode (an ablation: seconds of CPU, no sampling)."""
-    from tpgrpo.flows.rescore import guard_training_data
     from tpgrpo.pipeline.catalog import usable_iterations
-    from tpgrpo.pipeline.select import check_modes, check_reward_key, select_with_skips, skipped_error
+    from tpgrpo.pipeline.select import (
+        check_modes,
+        check_reward_key,
+        guard_training_data,
+        select_with_skips,
+        skipped_error,
+    )
     from tpgrpo.pipeline.steps import annotate_step
     from tpgrpo.storage.lock import run_lock
 

@@ -16,7 +16,6 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from tpgrpo.errors import UserError
 from tpgrpo.flows.runner import task_runner_for
 from tpgrpo.flows.train import retry_on_io
 from tpgrpo.pipeline import steps
@@ -64,41 +63,6 @@ def rescore_flow(
     return out
 
 
-def guard_training_data(ctx: RunContext, key: str, modes: list[str], force: bool, spec: Any = None) -> None:
-    """Refuse to write where the run's training data lives.
-
-    Args:
-        key: the reward key about to be written (scores and/or annotations).
-        modes: the modes about to be annotated.
-        force: whether finished outputs would be replaced.
-        spec: the reward about to score (None: annotating stored scores only).
-
-    Raises:
-        UserError: `spec` is another reward under the run's own key, or `force` would replace the
-            scores or annotations an update trained on.
-    """
-    from tpgrpo.pipeline.catalog import config_reward_key
-
-    if key != config_reward_key(ctx):
-        return
-    run = ctx.layout.run_id
-    if spec is not None and _plain(spec) != _plain(ctx.cfg.reward.spec):
-        raise UserError(
-            f"reward key {key!r} holds the scores run {run!r} trained on; give the new reward another "
-            f"""key, e.g. --reward '{{"name": ..., "key": "{key}_v2"}}'"""
-        )
-    if force and (spec is not None or ctx.cfg.reward.mode in modes):
-        raise UserError(
-            f"--force would replace the {key!r} scores or {ctx.cfg.reward.mode!r} annotations run {run!r} "
-            "trained on; leave out --force, or rebuild them with tpgrpo stage --force"
-        )
-
-
-def _plain(spec: Any) -> Any:
-    """`{"name": "jpeg"}` and `"jpeg"` are the same spec."""
-    return spec["name"] if isinstance(spec, dict) and set(spec) == {"name"} else spec
-
-
 def rescore(
     ctx: RunContext,
     spec: Any,
@@ -126,7 +90,7 @@ def rescore(
             or the run is locked by another process.
     """
     from tpgrpo.pipeline.catalog import usable_iterations
-    from tpgrpo.pipeline.select import check_modes, parse_reward_spec, select_with_skips
+    from tpgrpo.pipeline.select import check_modes, guard_training_data, parse_reward_spec, select_with_skips
 
     parsed = parse_reward_spec(spec)
     key = validate_key(ctx.reward_key(parsed))  # builds the reward: unknown names, bad parameters

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tpgrpo.errors import DataError, UserError
-from tpgrpo.pipeline.catalog import checkpoint_or_none, finished_checkpoints
+from tpgrpo.pipeline.catalog import checkpoint_or_none, config_reward_key, finished_checkpoints
+from tpgrpo.pipeline.context import RunContext
 
 _RANGE = re.compile(r"\s*(\d*)\s*:\s*(\d*)\s*")
 _SINGLE = re.compile(r"\s*(\d+)\s*")
@@ -188,7 +189,7 @@ def check_reward_key(key: str, available: Sequence[str], *, run_id: str, iterati
     return key
 
 
-def select_checkpoints(ctx: Any, text: str | None) -> list[int]:
+def select_checkpoints(ctx: RunContext, text: str | None) -> list[int]:
     """`--checkpoint`: `K`, `latest` (default) or `all`, among the run's finished checkpoints.
 
     Raises:
@@ -222,8 +223,41 @@ def select_checkpoints(ctx: Any, text: str | None) -> list[int]:
     return [k]
 
 
-def finished_after_gap(ctx: Any, gap: int) -> list[int]:
+def finished_after_gap(ctx: RunContext, gap: int) -> list[int]:
     """Finished checkpoints after the unfinished or missing checkpoint `gap` (none while training
     is only in progress: then nothing exists after the checkpoint being written)."""
     later = [k for k in ctx.layout.list_checkpoints() if k > gap]
     return [k for k in later if checkpoint_or_none(ctx.layout.checkpoint(k), ctx.storage_options)]
+
+
+def guard_training_data(ctx: RunContext, key: str, modes: list[str], force: bool, spec: Any = None) -> None:
+    """Refuse to write where the run's training data lives.
+
+    Args:
+        key: the reward key about to be written (scores and/or annotations).
+        modes: the modes about to be annotated.
+        force: whether finished outputs would be replaced.
+        spec: the reward about to score (None: annotating stored scores only).
+
+    Raises:
+        UserError: `spec` is another reward under the run's own key, or `force` would replace the
+            scores or annotations an update trained on.
+    """
+    if key != config_reward_key(ctx):
+        return
+    run = ctx.layout.run_id
+    if spec is not None and _plain(spec) != _plain(ctx.cfg.reward.spec):
+        raise UserError(
+            f"reward key {key!r} holds the scores run {run!r} trained on; give the new reward another "
+            f"""key, e.g. --reward '{{"name": ..., "key": "{key}_v2"}}'"""
+        )
+    if force and (spec is not None or ctx.cfg.reward.mode in modes):
+        raise UserError(
+            f"--force would replace the {key!r} scores or {ctx.cfg.reward.mode!r} annotations run {run!r} "
+            "trained on; leave out --force, or rebuild them with tpgrpo stage --force"
+        )
+
+
+def _plain(spec: Any) -> Any:
+    """`{"name": "jpeg"}` and `"jpeg"` are the same spec."""
+    return spec["name"] if isinstance(spec, dict) and set(spec) == {"name"} else spec
