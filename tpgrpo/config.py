@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -62,6 +62,17 @@ before any work, by `tpgrpo.models.devices.check_device`)."""
 
 MAX_TRAJECTORIES = 65_536
 """Most trajectories one iteration may sample (prompt groups × G): ~57× the paper's 1152."""
+
+Mode = Literal["flow_grpo", "incremental", "tp", "tp_constrained"]
+"""A reward mode: how boundary rewards become step rewards (SPEC §4–5)."""
+MODES: tuple[str, ...] = get_args(Mode)
+"""Every reward mode, in the order the CLI lists them (`tpgrpo.algorithm.MODES` is this tuple)."""
+
+
+def config_data_hash(data: Any) -> str:
+    """The recipe of `Config.hash` (and `run.json`'s `config_hash`) over plain config data: sha256 of
+    its JSON with sorted keys. Stage hashes use another recipe (`tpgrpo.pipeline.lineage`)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 class _Strict(BaseModel):
@@ -150,7 +161,7 @@ class BranchConfig(_Strict):
 
 class RewardConfig(_Strict):
     spec: Text | dict[str, Any] = Field("shapes", description="registered reward name or {name: ..., params}")
-    mode: Literal["flow_grpo", "incremental", "tp", "tp_constrained"] = "tp_constrained"
+    mode: Mode = "tp_constrained"
     initial_step: Bool = True
     balance: Bool = True
 
@@ -313,7 +324,7 @@ class Config(_Strict):
             del storage["s3"]
         if "storage" in data and not storage:
             del data["storage"]
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        return config_data_hash(data)
 
     def storage_options(self) -> dict[str, Any]:
         """fsspec/s3fs options from `storage.s3` (empty: the standard AWS environment applies)."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MODES = ("flow_grpo", "incremental", "tp", "tp_constrained")
+from tpgrpo.config import MODES  # declared once, with the config's `reward.mode`
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ def validate(
             check_model_device(cfg)
         except UserError as err:
             problems.append(f"{err} (or validate with --other-machine)")
+    from tpgrpo.pipeline.summary import config_summary
     from tpgrpo.storage import validate_key
 
     # unknown rewards and bad parameters raise UserError; the key becomes a folder name
@@ -50,17 +51,10 @@ def validate(
     problems += window_check(cfg)  # SPEC §2's floor on the model's grid, when its directory is here
     if problems:
         raise ConfigError(problems)
-    window = describe_window(cfg)
-    groups = cfg.rollout.groups
+    window = describe_window(cfg).removeprefix("window ")  # "[0, 8) (default: …)"
     echo(f"{config}: valid")
-    echo(
-        f"  {cfg.model.family} model {cfg.model.path}; T={cfg.sampling.num_steps}, {window}, "
-        f"{cfg.sampling.sampler} a={cfg.sampling.noise_level}"
-    )
-    echo(
-        f"  {groups} prompt groups × G={cfg.rollout.group_size} per iteration; reward {cfg.reward.spec}, "
-        f"mode {cfg.reward.mode}"
-    )
+    for name, text in config_summary(cfg, window).items():
+        echo(f"  {name:<10} {text}")
 
 
 @app.command("show")

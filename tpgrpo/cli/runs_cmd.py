@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
@@ -70,6 +69,7 @@ def show(
 ) -> None:
     """A run in detail: config summary, per-iteration rewards and costs, rescored keys, evaluations."""
     from tpgrpo.pipeline.catalog import format_windows, run_info, run_windows, stage_reached
+    from tpgrpo.pipeline.summary import config_summary
     from tpgrpo.storage import read_run_record
 
     ctx = load_run(run_id, root)
@@ -77,25 +77,13 @@ def show(
     cfg = info.config
     stored = read_run_record(ctx.layout) or {}
     window = format_windows(run_windows(ctx), cfg)
-    groups = cfg.rollout.groups
     holder = info.holder
     status = info.status + (f" (pid {holder.get('pid')} on {holder.get('host')})" if holder else "")
-    u = cfg.update
     lines = [
         f"run        {info.run_id}  ({ctx.layout.run_dir})",
         f"status     {status}, {info.iterations_done}/{cfg.iterations} iterations done",
         f"created    {_when(info.created)}  code {stored.get('code_version', '-')}",
-        f"model      {cfg.model.family} {cfg.model.path} ({cfg.model.dtype}, {cfg.model.device}), "
-        f"{cfg.model.height}x{cfg.model.width}",
-        f"sampling   T={cfg.sampling.num_steps}, window {window}, {cfg.sampling.sampler} "
-        f"a={cfg.sampling.noise_level}, cfg {cfg.sampling.guidance_scale}, "
-        f"eval steps {cfg.sampling.eval_steps}",
-        f"rollout    {groups} prompt groups x G={cfg.rollout.group_size} per iteration "
-        f"(prompts {cfg.rollout.prompts}), {cfg.rollout.shards} shard(s)",
-        f"reward     {json.dumps(cfg.reward.spec)} (key {info.reward_key}), mode {cfg.reward.mode}, "
-        f"initial_step {cfg.reward.initial_step}, balance {cfg.reward.balance}",
-        f"update     lr {u.lr:g}, LoRA rank {u.lora_rank}, {u.optimizer_steps} optimizer steps x {u.epochs} "
-        f"epoch(s), micro-batch {u.micro_batch}, kl_beta {u.kl_beta:g}, ema {u.ema_decay:g}",
+        *(f"{name:<10} {text}" for name, text in config_summary(cfg, window, info.reward_key).items()),
         "",
         f"{'iter':>4}  {'reached':<12}{'reward_0':>10}{'reward_W':>10}{'tps':>6}{'kept':>6}{'loss':>11}"
         f"{'evals':>8}{'compute_s':>11}  finished",

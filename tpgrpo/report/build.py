@@ -11,7 +11,6 @@ read: model evaluations, timings and `created` stamps come from the manifests.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +27,7 @@ from tpgrpo.pipeline.catalog import (
     run_windows,
     stage_reached,
 )
+from tpgrpo.pipeline.summary import config_summary
 from tpgrpo.report import html
 from tpgrpo.report.health import format_health, read_health
 from tpgrpo.report.plots import Series, learning_plots, reward_curves, turning_point_plots
@@ -235,34 +235,11 @@ def build_report(
 
     # --- summary
     window = format_windows(run_windows(ctx), cfg)
-    groups = cfg.rollout.groups
     summary_rows = [
         ["status", f"{info.status}, {info.iterations_done}/{cfg.iterations} iterations done"],
         ["created", info.created.isoformat() if info.created else "-"],
-        [
-            "model",
-            f"{cfg.model.family} {cfg.model.path} ({cfg.model.dtype}), {cfg.model.height}x{cfg.model.width}",
-        ],
-        [
-            "sampling",
-            f"T={cfg.sampling.num_steps}, window {window}, {cfg.sampling.sampler}, "
-            f"cfg {cfg.sampling.guidance_scale}",
-        ],
-        [
-            "rollout",
-            f"{groups} prompt groups x G={cfg.rollout.group_size} per iteration, "
-            f"prompts {cfg.rollout.prompts}",
-        ],
-        [
-            "reward",
-            f"{json.dumps(cfg.reward.spec)} (key {info.reward_key}), mode {cfg.reward.mode}; "
-            f"report shows {key}/{m}",
-        ],
-        [
-            "update",
-            f"lr {cfg.update.lr:g}, LoRA rank {cfg.update.lora_rank}, "
-            f"{cfg.update.optimizer_steps} optimizer steps/iteration",
-        ],
+        *([name, text] for name, text in config_summary(cfg, window, info.reward_key).items()),
+        ["shown", f"{key}/{m}"],
         ["location", layout.run_dir],
     ]
     sections.append(html.section("Run", html.table(None, summary_rows, left=2)))

@@ -25,12 +25,12 @@ fault is collected; nothing stops at the first.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tpgrpo.config import config_data_hash
 from tpgrpo.errors import DataError
 from tpgrpo.pipeline.lineage import annotate_config_hash, input_uris, score_config_hash, stage_config_hash
 from tpgrpo.storage import Manifest, verify_dataset
@@ -310,7 +310,7 @@ class _Verifier:
             self.fault(layout.run_json(), "missing: the run was never initialised")
             return
         # Config.hash() of the config as stored (this code's defaults may add keys since; see `dataset`)
-        as_stored = hashlib.sha256(json.dumps(stored.get("config"), sort_keys=True).encode()).hexdigest()
+        as_stored = config_data_hash(stored.get("config"))
         if stored.get("config_hash") not in (as_stored, self.ctx.cfg.hash()):
             self.fault(layout.run_json(), "config_hash does not match the stored config: run.json was edited")
         else:
