@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tpgrpo.cli.common import RootOption, RunOption, echo, load_run
+
+if TYPE_CHECKING:
+    from tpgrpo.pipeline.context import RunContext
 
 app = typer.Typer(
     help="Audit stored trajectories, turning points, the integrity of a run and its learning health.",
@@ -19,7 +22,7 @@ RewardKeyOption = Annotated[
 ModeOption = Annotated[str | None, typer.Option("--mode", help="Reward mode [default: the run's]")]
 
 
-def key_and_mode(ctx: Any, reward: str | None, mode: str | None) -> tuple[str, str]:
+def key_and_mode(ctx: RunContext, reward: str | None, mode: str | None) -> tuple[str, str]:
     """The reward key and mode to read (validated: stored key, known mode)."""
     from tpgrpo.pipeline.catalog import config_reward_key
     from tpgrpo.pipeline.select import check_modes, check_reward_key
@@ -31,14 +34,14 @@ def key_and_mode(ctx: Any, reward: str | None, mode: str | None) -> tuple[str, s
     return check_reward_key(reward, stored, run_id=ctx.layout.run_id), m
 
 
-def annotated_iterations(ctx: Any, key: str, mode: str) -> list[int]:
+def annotated_iterations(ctx: RunContext, key: str, mode: str) -> list[int]:
     """The iterations with finished annotations of `key`/`mode`."""
     from tpgrpo.pipeline.catalog import annotation_iterations
 
     return annotation_iterations(ctx, key, mode)[0]
 
 
-def fail_on_left_out(ctx: Any, key: str, mode: str) -> None:
+def fail_on_left_out(ctx: RunContext, key: str, mode: str) -> None:
     """Names every iteration whose `key`/`mode` annotations are damaged (one line each, stderr) and
     fails: a report or statistics without them must not pass for complete."""
     from tpgrpo.pipeline.catalog import annotation_iterations, left_out_error

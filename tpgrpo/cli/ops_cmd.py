@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from tpgrpo.cli.common import RootOption, RunOption, echo, load_run
+
+if TYPE_CHECKING:
+    from tpgrpo.pipeline.context import RunContext
 
 ItersOption = Annotated[
     str | None,
@@ -198,7 +201,7 @@ def evaluate(
         echo(format_gains(ctx, results, baseline))
 
 
-def format_gains(ctx: Any, results: list[dict[str, Any]], baseline: int) -> str:
+def format_gains(ctx: RunContext, results: list[dict[str, Any]], baseline: int) -> str:
     """Each evaluated checkpoint's paired gain over the baseline's evaluation, one block each."""
     from tpgrpo.report.paired import gains, read_eval
 

@@ -23,11 +23,16 @@ import os
 import subprocess
 import sys
 from collections import deque
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tpgrpo.errors import TpgrpoError, UserError
+from tpgrpo.pipeline.context import Log, quiet
+
+if TYPE_CHECKING:
+    from tpgrpo.pipeline.context import RunContext
+    from tpgrpo.storage.blobs import BlobManifest
 
 _TAIL_LINES = 40
 
@@ -37,11 +42,7 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value is not None else default
 
 
-def _quiet(message: str) -> None:
-    return None
-
-
-def run_rank(run: str, iteration: int, root: str | None = None, force: bool = False) -> Any:
+def run_rank(run: str, iteration: int, root: str | None = None, force: bool = False) -> BlobManifest:
     """This process's rank of the data-parallel update of `iteration` (torchrun's env: RANK, …).
 
     Returns:
@@ -82,7 +83,7 @@ def run_rank(run: str, iteration: int, root: str | None = None, force: bool = Fa
     if world > 1:
         torch.distributed.init_process_group(backend=backend)
     try:
-        log = typer.echo if rank == 0 else _quiet
+        log: Log = typer.echo if rank == 0 else quiet
         if rank == 0 and world > 1:
             log(f"update it{iteration}: data-parallel over {world} processes ({backend})")
         return update_step(ctx, iteration, force=force, log=log, dp=DataParallel(rank, world))
@@ -144,7 +145,7 @@ def torchrun_command(run: str, iteration: int, root: str, procs: int) -> list[st
     ]
 
 
-def _child_env(ctx: Any) -> dict[str, str]:
+def _child_env(ctx: RunContext) -> dict[str, str]:
     """The flow's environment plus the config's S3 settings (run.json holds no credentials)."""
     env = dict(os.environ)
     s3 = ctx.cfg.storage.s3
@@ -159,7 +160,7 @@ def _child_env(ctx: Any) -> dict[str, str]:
     return env
 
 
-def launch(ctx: Any, iteration: int, log: Any = _quiet) -> Any:
+def launch(ctx: RunContext, iteration: int, log: Log = quiet) -> BlobManifest:
     """Run the update of `iteration` under torchrun with `update.ddp_procs` processes and wait.
 
     A finished update is skipped without starting any process.

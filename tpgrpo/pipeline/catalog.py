@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tpgrpo.errors import DataError
 from tpgrpo.storage import MANIFEST_NAME, Manifest, RunLayout, read_manifest, read_run_record
@@ -21,6 +21,9 @@ from tpgrpo.storage.files import list_files
 from tpgrpo.storage.lock import lease_holder
 from tpgrpo.storage.reader import check_parts
 from tpgrpo.storage.uri import filesystem_for
+
+if TYPE_CHECKING:
+    from tpgrpo.pipeline.context import RunContext
 
 DATASET_STAGES = ("rollouts", "branches", "rewards", "annotations", "updates")
 _EVAL_NAME = re.compile(r"iter=(\d{4,})(?:\.steps=(\d+))?")
@@ -136,7 +139,7 @@ class RunInfo:
         return max(standard, key=lambda e: (e.checkpoint, e.reward_key == self.reward_key))
 
 
-def config_reward_key(ctx: Any) -> str:
+def config_reward_key(ctx: RunContext) -> str:
     """The storage key of the run's own reward.
 
     Found from the manifests (the rewards dataset whose config hash is the config spec's), so
@@ -164,7 +167,7 @@ def run_created(layout: RunLayout, storage_options: Mapping[str, Any] | None = N
     return parse_time(created if isinstance(created, str) else None)
 
 
-def iteration_record(ctx: Any, iteration: int, reward_key: str) -> IterationRecord:
+def iteration_record(ctx: RunContext, iteration: int, reward_key: str) -> IterationRecord:
     """The manifests of one iteration, summarised (`ctx`: a `RunContext`)."""
     layout, opts, mode = ctx.layout, ctx.storage_options, ctx.cfg.reward.mode
     uris = {
@@ -206,7 +209,7 @@ def iteration_record(ctx: Any, iteration: int, reward_key: str) -> IterationReco
     return rec
 
 
-def eval_records(ctx: Any) -> list[EvalRecord]:
+def eval_records(ctx: RunContext) -> list[EvalRecord]:
     """Every finished evaluation of the run, by checkpoint then reward key."""
     out = []
     for name, key in ctx.layout.list_evals():
@@ -222,7 +225,7 @@ def eval_records(ctx: Any) -> list[EvalRecord]:
     return sorted(out, key=lambda e: (-1 if e.checkpoint is None else e.checkpoint, e.name, e.reward_key))
 
 
-def run_info(ctx: Any, *, with_evals: bool = True) -> RunInfo:
+def run_info(ctx: RunContext, *, with_evals: bool = True) -> RunInfo:
     """Status, per-iteration records and evaluations of a stored run (`ctx`: a `RunContext`)."""
     layout, opts, cfg = ctx.layout, ctx.storage_options, ctx.cfg
     key = config_reward_key(ctx)
@@ -251,7 +254,7 @@ def stage_reached(rec: IterationRecord) -> str:
     return done[-1] if done else "-"
 
 
-def finished_iterations(ctx: Any, stage: str, reward_key: str | None = None) -> list[int]:
+def finished_iterations(ctx: RunContext, stage: str, reward_key: str | None = None) -> list[int]:
     """The iterations whose `stage` dataset (`rewards`: of `reward_key`) is finished."""
     layout, opts = ctx.layout, ctx.storage_options
     out = []
@@ -263,7 +266,7 @@ def finished_iterations(ctx: Any, stage: str, reward_key: str | None = None) -> 
 
 
 def usable_iterations(
-    ctx: Any, stages: tuple[str, ...], reward_key: str | None = None
+    ctx: RunContext, stages: tuple[str, ...], reward_key: str | None = None
 ) -> tuple[list[int], dict[int, str]]:
     """Every stored iteration, split by whether its `stages` datasets (`rewards`: of `reward_key`)
     are finished and readable (manifest parses, part files listed as recorded).
@@ -300,7 +303,7 @@ def usable_iterations(
     return usable, unusable
 
 
-def annotation_iterations(ctx: Any, key: str, mode: str) -> tuple[list[int], dict[int, str]]:
+def annotation_iterations(ctx: RunContext, key: str, mode: str) -> tuple[list[int], dict[int, str]]:
     """The iterations with finished `key`/`mode` annotations, and those whose annotations are there
     but cannot be used, each with the reason: an unreadable manifest, or an unfinished folder while
     no process holds the run's lock (a live run is writing it: left out without a word).
@@ -341,7 +344,7 @@ def left_out_error(run_id: str, key: str, mode: str, damaged: Mapping[int, str])
     )
 
 
-def finished_checkpoints(ctx: Any) -> list[int]:
+def finished_checkpoints(ctx: RunContext) -> list[int]:
     """The checkpoint indices `K` whose `checkpoints/iter=K` is finished (0 is the base model)."""
     out = []
     k = 0
@@ -369,7 +372,7 @@ def rollout_window(uri: str, storage_options: Mapping[str, Any] | None = None) -
     return int(table.column("window_start")[0].as_py()), int(table.column("window_size")[0].as_py())
 
 
-def run_windows(ctx: Any) -> dict[int, tuple[int, int]]:
+def run_windows(ctx: RunContext) -> dict[int, tuple[int, int]]:
     """Iteration -> the SDE window `(w0, W)` of its finished rollouts."""
     out = {}
     for i in ctx.layout.list_iterations():

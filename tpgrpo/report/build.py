@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tpgrpo.pipeline.catalog import (
     RunInfo,
@@ -32,6 +32,9 @@ from tpgrpo.report import html
 from tpgrpo.report.health import format_health, read_health
 from tpgrpo.report.plots import Series, learning_plots, reward_curves, turning_point_plots
 from tpgrpo.report.stats import TurningPointStats, format_turning_points, read_turning_point_stats
+
+if TYPE_CHECKING:
+    from tpgrpo.pipeline.context import RunContext
 
 Log = Callable[[str], None]
 
@@ -54,7 +57,7 @@ def _num(value: Any, spec: str = "+.4f") -> str:
     return format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else "-"
 
 
-def reward_series(ctx: Any, info: RunInfo, key: str, mode: str) -> dict[str, list[Series]]:
+def reward_series(ctx: RunContext, info: RunInfo, key: str, mode: str) -> dict[str, list[Series]]:
     """Curves by reward key: train (ρ_W and ρ_0 of `key`/`mode`) and evals, with their x axes."""
     layout, opts = ctx.layout, ctx.storage_options
     start = info.created
@@ -98,7 +101,7 @@ def reward_series(ctx: Any, info: RunInfo, key: str, mode: str) -> dict[str, lis
     return rows
 
 
-def eval_grid(ctx: Any, uri: str, per_task: int = 6) -> Any:
+def eval_grid(ctx: RunContext, uri: str, per_task: int = 6) -> Any:
     """A PIL grid of an eval dataset: one row per task, its first samples captioned with scores."""
     from tpgrpo.report.images import labelled_grid
     from tpgrpo.schemas.images import decode_png
@@ -128,7 +131,7 @@ def eval_grid(ctx: Any, uri: str, per_task: int = 6) -> Any:
     )
 
 
-def eval_tables(ctx: Any, info: RunInfo) -> list[str]:
+def eval_tables(ctx: RunContext, info: RunInfo) -> list[str]:
     """An overview of every evaluation, and a per-task table of base vs latest checkpoint per reward."""
     from tpgrpo.stages.evaluate import summarize
     from tpgrpo.storage import read_table
@@ -192,7 +195,7 @@ def eval_tables(ctx: Any, info: RunInfo) -> list[str]:
     return parts
 
 
-def gain_text(ctx: Any, key: str, base: Any, last: Any) -> str:
+def gain_text(ctx: RunContext, key: str, base: Any, last: Any) -> str:
     """What the model learned: the paired gain of the last evaluated checkpoint over the first."""
     from tpgrpo.errors import DataError
     from tpgrpo.report.paired import gains, read_eval
@@ -212,7 +215,7 @@ def gain_text(ctx: Any, key: str, base: Any, last: Any) -> str:
 
 
 def build_report(
-    ctx: Any,
+    ctx: RunContext,
     out_dir: str | Path,
     *,
     reward_key: str | None = None,

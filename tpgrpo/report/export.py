@@ -28,9 +28,12 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tpgrpo.errors import UserError
+
+if TYPE_CHECKING:
+    from tpgrpo.pipeline.context import RunContext
 
 FORMATS = ("diffusers", "comfyui")
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
@@ -95,7 +98,7 @@ def weights_file(fmt: str, run_id: str, checkpoint: int, weights: str) -> str:
     return DIFFUSERS_FILE if fmt == "diffusers" else f"{run_id}-iter{checkpoint:04d}-{weights}.safetensors"
 
 
-def pick_checkpoint(ctx: Any, text: str | None) -> int:
+def pick_checkpoint(ctx: RunContext, text: str | None) -> int:
     """`--checkpoint`: K or `latest` (default), a finished checkpoint with trained weights.
 
     Raises:
@@ -139,7 +142,7 @@ class LoraExport:
         return next(name for name in self.files if name.endswith(".safetensors"))
 
 
-def build_export(ctx: Any, *, checkpoint: str | None, weights: str, fmt: str) -> LoraExport:
+def build_export(ctx: RunContext, *, checkpoint: str | None, weights: str, fmt: str) -> LoraExport:
     """Read checkpoint `checkpoint` of the run, convert its LoRA and write its model card (in memory).
 
     Raises:
@@ -193,7 +196,7 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else "-"
 
 
-def _evaluations(ctx: Any, k: int, weights: str) -> list[str]:
+def _evaluations(ctx: RunContext, k: int, weights: str) -> list[str]:
     """The model card's evaluation section: every finished eval dataset of checkpoint `k`."""
     from tpgrpo.pipeline.catalog import eval_records
 
@@ -236,7 +239,7 @@ def _evaluations(ctx: Any, k: int, weights: str) -> list[str]:
 
 
 def model_card(
-    ctx: Any,
+    ctx: RunContext,
     k: int,
     weights: str,
     fmt: str,

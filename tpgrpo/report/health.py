@@ -19,9 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tpgrpo.pipeline.context import RunContext
 
 GRADIENT_SHARE_LIMIT = 0.5
 """A trained step holding more than this share of the squared gradient (run mean) is a warning."""
@@ -161,7 +164,7 @@ def _span(iterations: Sequence[int]) -> str:
     return ", ".join(out) or "none"
 
 
-def read_health(ctx: Any, reward_key: str, mode: str) -> HealthReport:
+def read_health(ctx: RunContext, reward_key: str, mode: str) -> HealthReport:
     """The learning health of a stored run (`ctx`: a `RunContext`), from its finished datasets.
 
     Args:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    from tpgrpo.models.policy import Policy
 
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
@@ -43,7 +46,7 @@ def labelled_grid(
 
 
 def task_grid(
-    policy: Any,
+    policy: Policy,
     prompts: Sequence[dict[str, Any]],
     path: str,
     *,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -17,6 +17,9 @@ import pyarrow.compute as pc
 from tpgrpo.errors import DataError, UserError
 from tpgrpo.schemas.images import decode_png
 from tpgrpo.storage import read_table
+
+if TYPE_CHECKING:
+    from tpgrpo.pipeline.context import RunContext
 
 ROLLOUT_COLUMNS = [
     "trajectory_id",
@@ -62,7 +65,7 @@ class TrajectoryAudit:
 
 
 def load_trajectory(
-    ctx: Any, iteration: int, trajectory_id: int, reward_key: str, mode: str
+    ctx: RunContext, iteration: int, trajectory_id: int, reward_key: str, mode: str
 ) -> TrajectoryAudit:
     """Read one trajectory of a stored iteration (`ctx`: a `RunContext`).
 
@@ -168,7 +171,7 @@ def format_trajectory(a: TrajectoryAudit) -> str:
     return "\n".join(lines)
 
 
-def trajectory_strip(ctx: Any, a: TrajectoryAudit, *, scale: int = 3) -> Any:
+def trajectory_strip(ctx: RunContext, a: TrajectoryAudit, *, scale: int = 3) -> Any:
     """A PIL image: the branch images `C(s_{w0+j})`, `j = 0 … W`, captioned with `ρ_j`, `d_j`, flags."""
     from tpgrpo.report.images import annotated_strip
 
@@ -202,7 +205,7 @@ def trajectory_strip(ctx: Any, a: TrajectoryAudit, *, scale: int = 3) -> Any:
     return annotated_strip(images, captions, title, scale=scale, highlight=highlight)
 
 
-def pick_examples(ctx: Any, iteration: int, reward_key: str, mode: str, count: int = 3) -> list[int]:
+def pick_examples(ctx: RunContext, iteration: int, reward_key: str, mode: str, count: int = 3) -> list[int]:
     """Trajectories worth showing: most kept turning points, then the best and worst final reward."""
     layout, opts = ctx.layout, ctx.storage_options
     ann = read_table(

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tpgrpo.config import config_data_hash
 from tpgrpo.errors import DataError
@@ -38,6 +38,9 @@ from tpgrpo.storage.blobs import BLOB_MANIFEST, read_blobs
 from tpgrpo.storage.files import read_bytes
 from tpgrpo.storage.manifest import content_hash
 from tpgrpo.storage.uri import filesystem_for
+
+if TYPE_CHECKING:
+    from tpgrpo.pipeline.context import RunContext
 
 Log = Callable[[str], None]
 
@@ -59,7 +62,7 @@ class VerifyReport:
 
 @dataclass
 class _Verifier:
-    ctx: Any
+    ctx: RunContext
     reward_key: str
     report: VerifyReport = field(default_factory=VerifyReport)
     log: Log | None = None
@@ -331,7 +334,7 @@ class _Verifier:
             self.dataset(uri, "eval", expected)
 
 
-def verify_run(ctx: Any, *, reward_key: str | None = None, log: Log | None = None) -> VerifyReport:
+def verify_run(ctx: RunContext, *, reward_key: str | None = None, log: Log | None = None) -> VerifyReport:
     """Check everything stored for a run (see the module docstring); collects every fault.
 
     Args:

@@ -9,11 +9,14 @@ policy by timing the CFG velocity on candidate sizes 1, 2, 4, … up to the work
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from tpgrpo.models.conditioning import Conditioning
+
+if TYPE_CHECKING:
+    from tpgrpo.models.policy import Policy
 
 _MEASURED: dict[tuple[int, tuple[int, ...], bool, int], int] = {}
 
@@ -21,7 +24,7 @@ CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 def measure_throughput(
-    policy: Any,
+    policy: Policy,
     batch: int,
     shape: tuple[int, int, int],
     cond: Conditioning,
@@ -47,7 +50,7 @@ def measure_throughput(
 
 
 def best_batch(
-    policy: Any,
+    policy: Policy,
     shape: tuple[int, int, int],
     cond: Conditioning,
     uncond: Conditioning | None,

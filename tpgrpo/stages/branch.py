@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
 import torch
@@ -35,6 +35,9 @@ from tpgrpo.stages.batching import best_batch
 from tpgrpo.stages.common import chunks, encode_prompts, forward_samples, shard_groups, uses_uncond
 from tpgrpo.stages.progress import progress_bar
 from tpgrpo.storage import DatasetWriter, read_table
+
+if TYPE_CHECKING:
+    from tpgrpo.models.policy import Policy
 
 
 @dataclass
@@ -62,7 +65,7 @@ class BranchResult:
 
 @torch.no_grad()
 def complete_branches(
-    policy: Any,
+    policy: Policy,
     cfg: Config,
     rollouts: Any,
     chunk: int | None = None,
@@ -153,7 +156,7 @@ _SCALARS = (
 
 def run_shard(
     cfg: Config,
-    policy: Any,
+    policy: Policy,
     *,
     iteration: int,
     rollouts_uri: str,
@@ -188,7 +191,7 @@ def run_shard(
         bar = progress_bar(total=len(order), desc=f"branch decode it{iteration}", unit="img")
         for idx in chunks(order, decode_size):
             need = [i for i in idx if i in result.latent_row]
-            images = (
+            images: Any = (
                 policy.decode(result.latents[[result.latent_row[i] for i in need]].to(policy.device))
                 if need
                 else []

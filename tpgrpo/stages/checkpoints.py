@@ -27,7 +27,7 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -44,6 +44,9 @@ from tpgrpo.models.state import (
 )
 from tpgrpo.storage.blobs import BlobManifest, read_blobs, write_blobs
 
+if TYPE_CHECKING:
+    from tpgrpo.models.policy import Policy
+
 
 @dataclass
 class TrainState:
@@ -54,7 +57,7 @@ class TrainState:
     rng: dict[str, Any]
 
 
-def make_optimizer(cfg: Config, policy: Any) -> torch.optim.Optimizer:
+def make_optimizer(cfg: Config, policy: Policy) -> torch.optim.Optimizer:
     """AdamW over the LoRA parameters (the only trainable ones)."""
     params = list(lora_parameters(policy.transformer).values())
     return torch.optim.AdamW(params, lr=cfg.update.lr, weight_decay=cfg.update.weight_decay)
@@ -62,7 +65,7 @@ def make_optimizer(cfg: Config, policy: Any) -> torch.optim.Optimizer:
 
 def write_checkpoint(
     uri: str,
-    policy: Any,
+    policy: Policy,
     optimizer: torch.optim.Optimizer,
     ema: EMA,
     state: TrainState,
@@ -89,7 +92,7 @@ def write_checkpoint(
     )
 
 
-def initial_state(cfg: Config, policy: Any) -> tuple[torch.optim.Optimizer, EMA, TrainState]:
+def initial_state(cfg: Config, policy: Policy) -> tuple[torch.optim.Optimizer, EMA, TrainState]:
     """Optimizer, EMA and state of a fresh adapter (iteration 0)."""
     optimizer = make_optimizer(cfg, policy)
     ema = EMA(lora_parameters(policy.transformer), cfg.update.ema_decay)
@@ -109,7 +112,7 @@ def _readable(uri: str, name: str) -> Iterator[None]:
 
 
 def load_adapter(
-    uri: str, policy: Any, *, ema: bool = False, storage_options: Mapping[str, Any] | None = None
+    uri: str, policy: Policy, *, ema: bool = False, storage_options: Mapping[str, Any] | None = None
 ) -> BlobManifest:
     """Load the live (or, with `ema`, the EMA) LoRA weights of a checkpoint into `policy`."""
     manifest, files = read_blobs(uri, storage_options)
@@ -123,7 +126,7 @@ def load_adapter(
 
 
 def load_checkpoint(
-    uri: str, cfg: Config, policy: Any, *, storage_options: Mapping[str, Any] | None = None
+    uri: str, cfg: Config, policy: Policy, *, storage_options: Mapping[str, Any] | None = None
 ) -> tuple[torch.optim.Optimizer, EMA, TrainState, BlobManifest]:
     """Load everything an update resumes from: adapter into `policy`, optimizer, EMA, state."""
     manifest, files = read_blobs(uri, storage_options)

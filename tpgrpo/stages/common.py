@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from tpgrpo.algorithm import (
 )
 from tpgrpo.config import Config
 from tpgrpo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tpgrpo.models.policy import Policy
 
 
 def trajectory_seed(seed: int, iteration: int, trajectory_id: int) -> int:
@@ -134,7 +137,7 @@ def describe_window(cfg: Config) -> str:
     return f"window [{window.start}, {end}) (default: SPEC §2 floor {STEP_STD_FLOOR}, {why})"
 
 
-def make_grid(cfg: Config, policy: Any) -> Grid:
+def make_grid(cfg: Config, policy: Policy | float) -> Grid:
     """The rollout grid of `cfg` on `policy`'s sampling grid, with the window of SPEC §2.
 
     Args:
@@ -148,7 +151,9 @@ def make_grid(cfg: Config, policy: Any) -> Grid:
         ConfigError: the window breaks SPEC §2's floor on this grid (see `run_window`).
     """
     steps = cfg.sampling.num_steps
-    if isinstance(policy, int | float) and not isinstance(policy, bool):
+    if isinstance(policy, bool):
+        raise TypeError("make_grid: a policy or a scheduler shift, not a boolean")
+    if isinstance(policy, int | float):
         sigmas = flow_match_sigmas(steps, shift=float(policy))  # [T+1]
     else:
         sigmas = policy.sigmas(steps, cfg.model.height, cfg.model.width)  # [T+1]
@@ -157,12 +162,12 @@ def make_grid(cfg: Config, policy: Any) -> Grid:
     return Grid(sigmas, window)
 
 
-def uses_uncond(policy: Any, guidance_scale: float) -> bool:
+def uses_uncond(policy: Policy, guidance_scale: float) -> bool:
     """Whether velocities need the unconditional prompt: guidance on and it doubles the batch (SD3)."""
     return guidance_scale > 1.0 and bool(policy.guidance_doubles_batch)
 
 
-def forward_samples(policy: Any, model_evals: int, guidance_scale: float) -> float:
+def forward_samples(policy: Policy, model_evals: int, guidance_scale: float) -> float:
     """Transformer samples behind `model_evals` velocity evaluations (×2 with SD3's CFG batch)."""
     return float(model_evals * (2 if uses_uncond(policy, guidance_scale) else 1))
 
@@ -187,7 +192,7 @@ def shard_groups(groups: int, shard: int, num_shards: int) -> list[int]:
     return list(range(shard, groups, num_shards))
 
 
-def encode_prompts(policy: Any, prompts: Sequence[str]) -> Any:
+def encode_prompts(policy: Policy, prompts: Sequence[str]) -> Any:
     """The conditioning of `prompts` `[n, ...]`, each distinct prompt encoded on its own.
 
     Text encoders are not batch-invariant to the last bit (a `[B, D]` projection takes another

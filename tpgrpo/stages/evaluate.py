@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,10 +21,13 @@ from tpgrpo.stages.common import chunks, trajectory_seed
 from tpgrpo.stages.progress import progress_bar
 from tpgrpo.storage import DatasetWriter
 
+if TYPE_CHECKING:
+    from tpgrpo.models.policy import Policy
+
 
 @torch.no_grad()
 def sample_ode(
-    policy: Any,
+    policy: Policy,
     prompts: Sequence[str],
     seeds: Sequence[int],
     *,
@@ -50,7 +53,7 @@ def sample_ode(
 
 
 def evaluate(
-    policy: Any,
+    policy: Policy,
     reward: Any,
     prompts: list[dict[str, Any]],
     *,
