@@ -159,8 +159,12 @@ class BranchConfig(_Strict):
     )
 
 
+SpecData = Text | dict[str, Any]
+"""A reward spec as a config or `--reward` holds it: a registered name, or `{name: ..., **params}`."""
+
+
 class RewardConfig(_Strict):
-    spec: Text | dict[str, Any] = Field("shapes", description="registered reward name or {name: ..., params}")
+    spec: SpecData = Field("shapes", description="registered reward name or {name: ..., params}")
     mode: Mode = "tp_constrained"
     initial_step: Bool = True
     balance: Bool = True

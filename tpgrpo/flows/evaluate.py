@@ -19,6 +19,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.logging import get_run_logger
 
+from tpgrpo.config import SpecData
 from tpgrpo.errors import ConfigError, UserError
 from tpgrpo.flows.rescore import TASK_OPTIONS
 from tpgrpo.pipeline.context import RunContext
@@ -33,7 +34,7 @@ def _log(message: str) -> None:
 def evaluate_task(
     ctx: RunContext,
     checkpoint: int,
-    spec: Any,
+    spec: SpecData,
     steps: int,
     prompt_source: str | None,
     per_task: int | None,
@@ -57,7 +58,7 @@ def evaluate_task(
 def evaluate_flow(
     ctx: RunContext,
     checkpoints: list[int],
-    spec: Any,
+    spec: SpecData,
     steps: int,
     prompt_source: str | None = None,
     per_task: int | None = None,

@@ -16,6 +16,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from tpgrpo.config import SpecData
 from tpgrpo.flows.runner import task_runner_for
 from tpgrpo.flows.train import retry_on_io
 from tpgrpo.pipeline import steps
@@ -33,14 +34,14 @@ def _log(message: str) -> None:
 
 
 @task(name="score", **TASK_OPTIONS)
-def score_task(ctx: RunContext, iteration: int, spec: Any, force: bool) -> dict[str, Any]:
+def score_task(ctx: RunContext, iteration: int, spec: SpecData, force: bool) -> dict[str, Any]:
     manifest = steps.sharded_step(ctx, "score", iteration, force=force, log=_log, spec=spec)
     return {"rows": manifest.rows, "metrics": dict(manifest.metrics)}
 
 
 @task(name="annotate", **TASK_OPTIONS)
 def annotate_task(
-    ctx: RunContext, iteration: int, spec: Any, mode: str, force: bool, key: str | None = None
+    ctx: RunContext, iteration: int, spec: SpecData, mode: str, force: bool, key: str | None = None
 ) -> dict[str, Any]:
     manifest = steps.annotate_step(ctx, iteration, force, _log, spec=spec, mode=mode, key=key)
     return dict(manifest.metrics)
@@ -48,7 +49,7 @@ def annotate_task(
 
 @flow(name="tpgrpo-rescore", log_prints=True, persist_result=False)
 def rescore_flow(
-    ctx: RunContext, spec: Any, iterations: list[int], modes: list[str], force: bool = False
+    ctx: RunContext, spec: SpecData, iterations: list[int], modes: list[str], force: bool = False
 ) -> dict[str, Any]:
     """Prefect flow: score + annotate each iteration with `spec` (see `rescore`)."""
     retries = ctx.cfg.flow.io_retries
@@ -65,7 +66,7 @@ def rescore_flow(
 
 def rescore(
     ctx: RunContext,
-    spec: Any,
+    spec: SpecData,
     *,
     iters: str | None = None,
     modes: list[str] | None = None,

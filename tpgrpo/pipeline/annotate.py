@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from tpgrpo.algorithm import AnnotationConfig
+from tpgrpo.config import SpecData
 from tpgrpo.pipeline.context import Log, RunContext, quiet
 from tpgrpo.pipeline.plan import plan, prepare
 from tpgrpo.pipeline.stale import report_stale_consumers
@@ -17,7 +16,7 @@ def annotate_step(
     iteration: int,
     force: bool = False,
     log: Log = quiet,
-    spec: Any = None,
+    spec: SpecData | None = None,
     mode: str | None = None,
     key: str | None = None,
 ) -> Manifest:

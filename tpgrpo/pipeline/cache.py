@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from tpgrpo.config import ModelConfig
+from tpgrpo.config import ModelConfig, SpecData
 
 if TYPE_CHECKING:
     from tpgrpo.models.policy import Policy
@@ -44,6 +44,6 @@ def _reward(spec_json: str) -> Reward:
     return make_reward(json.loads(spec_json))
 
 
-def cached_reward(spec: Any) -> Reward:
+def cached_reward(spec: SpecData) -> Reward:
     """The reward of `spec` (a name or a mapping with `name`), built once per process."""
     return _reward(json.dumps(spec, sort_keys=True))

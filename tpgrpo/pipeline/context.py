@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tpgrpo.config import Config, load_config_data
+from tpgrpo.config import Config, SpecData, load_config_data
 from tpgrpo.errors import ConfigError, DataError, UserError
 from tpgrpo.pipeline.cache import cached_policy, cached_reward
 from tpgrpo.pipeline.root import resolve_root
@@ -47,11 +47,11 @@ class RunContext:
         u = self.cfg.update
         return cached_policy(self.cfg.model.model_dump_json(), u.lora_rank, u.lora_alpha, self.cfg.seed)
 
-    def reward(self, spec: Any = None) -> Reward:
+    def reward(self, spec: SpecData | None = None) -> Reward:
         """The reward of `spec` (default: the config's), built once per process."""
         return cached_reward(self.cfg.reward.spec if spec is None else spec)
 
-    def reward_key(self, spec: Any = None) -> str:
+    def reward_key(self, spec: SpecData | None = None) -> str:
         return str(self.reward(spec).key)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tpgrpo.config import SpecData
 from tpgrpo.errors import UserError
 from tpgrpo.pipeline.context import Log, RunContext
 from tpgrpo.pipeline.lineage import eval_config_hash
@@ -88,7 +89,7 @@ def read_summary(uri: str, storage_options: Any = None) -> dict[str, Any]:
 def evaluate_checkpoint(
     ctx: RunContext,
     checkpoint: int,
-    spec: Any,
+    spec: SpecData,
     *,
     steps: int,
     prompt_source: str | None = None,

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tpgrpo.config import Config
+from tpgrpo.config import Config, SpecData
 from tpgrpo.storage import RunLayout
 from tpgrpo.storage.provenance import canonical_json, config_hash, sha256_hex
 
@@ -140,7 +140,7 @@ def stage_config_hash(cfg: Config, stage: str) -> str:
     return config_hash({"stage": stage, **picked})
 
 
-def score_config_hash(spec: Any) -> str:
+def score_config_hash(spec: SpecData) -> str:
     """Hash of a reward spec (the score stage's only setting)."""
     return config_hash({"stage": "score", "spec": spec})
 
@@ -159,7 +159,7 @@ def annotate_config_hash(cfg: Config, mode: str) -> str:
 
 
 def eval_config_hash(
-    cfg: Config, spec: Any, steps: int, replicates: int, prompts: list[dict[str, Any]]
+    cfg: Config, spec: SpecData, steps: int, replicates: int, prompts: list[dict[str, Any]]
 ) -> str:
     """What an evaluation's output depends on besides the checkpoint."""
     data = cfg.public_dict()

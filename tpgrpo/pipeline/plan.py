@@ -4,8 +4,8 @@ and whether it must run (`prepare`: skip / write / refuse a stale output)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from tpgrpo.config import SpecData
 from tpgrpo.errors import UserError
 from tpgrpo.pipeline.context import RunContext
 from tpgrpo.pipeline.lineage import (
@@ -60,7 +60,7 @@ def plan(
     stage: str,
     iteration: int,
     *,
-    spec: Any = None,
+    spec: SpecData | None = None,
     mode: str | None = None,
     key: str | None = None,
 ) -> Plan:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tpgrpo.config import SpecData
 from tpgrpo.errors import DataError, UserError
 from tpgrpo.pipeline.catalog import checkpoint_or_none, config_reward_key, finished_checkpoints
 from tpgrpo.pipeline.context import RunContext
@@ -129,7 +130,7 @@ def parse_reward_spec(text: str | dict[str, Any]) -> str | dict[str, Any]:
         `UserError`: invalid JSON, JSON that is not an object with a string `name`, or a malformed name.
     """
     if isinstance(text, dict):
-        spec: Any = text
+        spec: SpecData = text
     else:
         stripped = text.strip()
         if stripped.startswith(("{", "[", '"')):
@@ -230,7 +231,9 @@ def finished_after_gap(ctx: RunContext, gap: int) -> list[int]:
     return [k for k in later if checkpoint_or_none(ctx.layout.checkpoint(k), ctx.storage_options)]
 
 
-def guard_training_data(ctx: RunContext, key: str, modes: list[str], force: bool, spec: Any = None) -> None:
+def guard_training_data(
+    ctx: RunContext, key: str, modes: list[str], force: bool, spec: SpecData | None = None
+) -> None:
     """Refuse to write where the run's training data lives.
 
     Args:
@@ -258,6 +261,6 @@ def guard_training_data(ctx: RunContext, key: str, modes: list[str], force: bool
         )
 
 
-def _plain(spec: Any) -> Any:
+def _plain(spec: SpecData) -> Any:
     """`{"name": "jpeg"}` and `"jpeg"` are the same spec."""
     return spec["name"] if isinstance(spec, dict) and set(spec) == {"name"} else spec

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tpgrpo.config import SpecData
 from tpgrpo.pipeline.context import Log, RunContext, quiet
 from tpgrpo.pipeline.plan import Plan, plan, prepare
 from tpgrpo.pipeline.stale import report_stale_consumers
@@ -20,7 +21,7 @@ from tpgrpo.storage import Manifest, finalize_dataset, read_manifest
 
 
 def rollout_shard(
-    ctx: RunContext, p: Plan, shard: int, num_shards: int, spec: Any = None
+    ctx: RunContext, p: Plan, shard: int, num_shards: int, spec: SpecData | None = None
 ) -> dict[str, float]:
     policy = ctx.policy()
     load_adapter(ctx.layout.checkpoint(p.iteration), policy, storage_options=ctx.storage_options)
@@ -37,7 +38,9 @@ def rollout_shard(
     )
 
 
-def branch_shard(ctx: RunContext, p: Plan, shard: int, num_shards: int, spec: Any = None) -> dict[str, float]:
+def branch_shard(
+    ctx: RunContext, p: Plan, shard: int, num_shards: int, spec: SpecData | None = None
+) -> dict[str, float]:
     policy = ctx.policy()
     load_adapter(ctx.layout.checkpoint(p.iteration), policy, storage_options=ctx.storage_options)
     return branch.run_shard(
@@ -52,7 +55,9 @@ def branch_shard(ctx: RunContext, p: Plan, shard: int, num_shards: int, spec: An
     )
 
 
-def score_shard(ctx: RunContext, p: Plan, shard: int, num_shards: int, spec: Any = None) -> dict[str, float]:
+def score_shard(
+    ctx: RunContext, p: Plan, shard: int, num_shards: int, spec: SpecData | None = None
+) -> dict[str, float]:
     groups = ctx.cfg.rollout.groups
     g = ctx.cfg.rollout.group_size
     tids = [gr * g + m for gr in shard_groups(groups, shard, num_shards) for m in range(g)]
@@ -76,7 +81,7 @@ SHARD_FUNCS: dict[str, Callable[..., dict[str, float]]] = {
 
 
 def finalize(
-    ctx: RunContext, p: Plan, stats: list[dict[str, float]], log: Log = quiet, spec: Any = None
+    ctx: RunContext, p: Plan, stats: list[dict[str, float]], log: Log = quiet, spec: SpecData | None = None
 ) -> Manifest:
     """Write the manifest of a sharded stage, with its shards' summed stats; announces the stored
     datasets built from another version of this output (`report_stale_consumers`)."""
@@ -103,7 +108,12 @@ def finalize(
 
 
 def sharded_step(
-    ctx: RunContext, stage: str, iteration: int, force: bool = False, log: Log = quiet, spec: Any = None
+    ctx: RunContext,
+    stage: str,
+    iteration: int,
+    force: bool = False,
+    log: Log = quiet,
+    spec: SpecData | None = None,
 ) -> Manifest:
     """A sharded stage in this process (shards one after another): the CLI's path."""
     p = plan(ctx, stage, iteration, spec=spec)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from tpgrpo.config import SpecData
 from tpgrpo.errors import UserError
 from tpgrpo.pipeline.annotate import annotate_step
 from tpgrpo.pipeline.context import Log, RunContext, quiet
@@ -20,7 +19,7 @@ def run_stage(
     iteration: int,
     force: bool = False,
     log: Log = quiet,
-    spec: Any = None,
+    spec: SpecData | None = None,
     mode: str | None = None,
 ) -> Manifest | BlobManifest:
     """Run one stage of one iteration in this process (the `tpgrpo stage` command)."""
