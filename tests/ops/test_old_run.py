@@ -52,7 +52,7 @@ def test_old_run_verifies_and_reports(old_root: Path, ops_env: dict[str, str], t
 def test_old_run_resumes_without_redoing_anything(old_root: Path, ops_env: dict[str, str]) -> None:
     from tpgrpo.flows.train import train
     from tpgrpo.pipeline.context import load_run
-    from tpgrpo.pipeline.lineage import score_config_hash, stage_config_hash
+    from tpgrpo.pipeline.lineage import score_config_hash, score_config_hashes, stage_config_hash
     from tpgrpo.report.verify import verify_run
     from tpgrpo.storage import read_manifest, read_run_record
     from tpgrpo.storage.blobs import read_blob_manifest
@@ -63,7 +63,10 @@ def test_old_run_resumes_without_redoing_anything(old_root: Path, ops_env: dict[
     # the config hashes this code computes are the ones the old code stored
     assert read_manifest(ctx.layout.rollouts(0)).config_hash == stage_config_hash(ctx.cfg, "rollout")
     assert read_manifest(ctx.layout.branches(0)).config_hash == stage_config_hash(ctx.cfg, "branch")
-    assert read_manifest(ctx.layout.rewards(0, "shapes")).config_hash == score_config_hash({"name": "shapes"})
+    # the scores were hashed with the spec as written (`{"name": "shapes"}`): still accepted
+    rewards_hash = read_manifest(ctx.layout.rewards(0, "shapes")).config_hash
+    assert rewards_hash in score_config_hashes({"name": "shapes"})
+    assert rewards_hash != score_config_hash({"name": "shapes"})
     assert read_blob_manifest(ctx.layout.checkpoint(1)).config_hash == stage_config_hash(ctx.cfg, "update")
 
     before = file_digests(old_root / RUN_ID)

@@ -8,9 +8,12 @@ from tpgrpo.config import load_config_data
 from tpgrpo.pipeline.lineage import (
     annotate_config_hash,
     eval_config_hash,
+    eval_config_hashes,
     score_config_hash,
+    score_config_hashes,
     stage_config_hash,
 )
+from tpgrpo.pipeline.spec import RewardSpec, plain_spec
 
 DATA = {
     "name": "pin",
@@ -67,3 +70,28 @@ def test_score_and_eval_hashes_are_pinned() -> None:
         eval_config_hash(load_config_data(DATA), "jpeg", 10, 2, prompts)
         == "2a08bda3019a883f6c96caa6f6ed7c44a52ae471f8d27c7e7b9811346d9805fa"
     )
+
+
+def test_a_name_and_a_name_only_mapping_are_one_spec() -> None:
+    assert RewardSpec.parse("jpeg") == RewardSpec.parse({"name": "jpeg"}) == RewardSpec("jpeg")
+    assert RewardSpec.parse({"name": "jpeg", "quality": 50}) == RewardSpec("jpeg", {"quality": 50})
+    assert RewardSpec.parse({"quality": 50}) is None  # no name: make_reward says what is wrong
+    assert plain_spec({"name": "jpeg"}) == "jpeg"
+    assert plain_spec({"name": "jpeg", "quality": 50}) == {"name": "jpeg", "quality": 50}
+    assert score_config_hash({"name": "jpeg"}) == score_config_hash("jpeg")
+    prompts = [{"prompt_id": 1, "prompt": "a red circle", "task": "color_attr"}]
+    cfg = load_config_data(DATA)
+    assert eval_config_hash(cfg, {"name": "jpeg"}, 10, 2, prompts) == eval_config_hash(
+        cfg, "jpeg", 10, 2, prompts
+    )
+
+
+def test_name_only_mappings_keep_the_hash_older_runs_stored() -> None:
+    # 4d5d835 hashed `{"name": "jpeg"}` as written: outputs carrying that hash are still accepted
+    legacy = "34c56125bea8c5f56d29d650d269358e8fac1429daddbe5b062731b68ddebe07"
+    assert score_config_hashes({"name": "jpeg"}) == (score_config_hash("jpeg"), legacy)
+    assert score_config_hashes("jpeg") == (score_config_hash("jpeg"),)
+    prompts = [{"prompt_id": 1, "prompt": "a red circle", "task": "color_attr"}]
+    cfg = load_config_data(DATA)
+    assert len(eval_config_hashes(cfg, {"name": "jpeg"}, 10, 2, prompts)) == 2
+    assert len(eval_config_hashes(cfg, {"name": "jpeg", "quality": 50}, 10, 2, prompts)) == 1

@@ -145,13 +145,13 @@ def config_reward_key(ctx: RunContext) -> str:
     Found from the manifests (the rewards dataset whose config hash is the config spec's), so
     listing runs never loads a reward model; a run without scores yet builds the reward once.
     """
-    from tpgrpo.pipeline.lineage import score_config_hash
+    from tpgrpo.pipeline.lineage import score_config_hashes
 
-    wanted = score_config_hash(ctx.cfg.reward.spec)
+    wanted = score_config_hashes(ctx.cfg.reward.spec)
     for i in ctx.layout.list_iterations():
         for key in ctx.layout.list_rewards(i):
             m = manifest_or_none(ctx.layout.rewards(i, key), ctx.storage_options)
-            if m is not None and m.config_hash == wanted:
+            if m is not None and m.config_hash in wanted:
                 return str(key)
     return str(ctx.reward_key())
 

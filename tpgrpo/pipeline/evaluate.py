@@ -11,7 +11,8 @@ from typing import Any
 from tpgrpo.config import SpecData
 from tpgrpo.errors import UserError
 from tpgrpo.pipeline.context import Log, RunContext
-from tpgrpo.pipeline.lineage import eval_config_hash
+from tpgrpo.pipeline.lineage import eval_config_hashes
+from tpgrpo.pipeline.plan import kept_config_hash
 from tpgrpo.storage import finalize_dataset, prepare_output, read_manifest, read_table
 
 
@@ -109,7 +110,10 @@ def evaluate_checkpoint(
     name = eval_name(checkpoint, steps, cfg.sampling.eval_steps)
     out = layout.eval(name, reward.key)
     inputs = {"checkpoint": read_blob_manifest(layout.checkpoint(checkpoint), opts).hash}
-    chash = eval_config_hash(cfg, spec if spec is not None else cfg.reward.spec, steps, replicates, prompts)
+    accepted = eval_config_hashes(
+        cfg, spec if spec is not None else cfg.reward.spec, steps, replicates, prompts
+    )
+    chash = kept_config_hash(ctx, out, accepted)
     decision = prepare_output(
         out, inputs=inputs, config_hash=chash, schema_name="eval", force=force, storage_options=opts
     )

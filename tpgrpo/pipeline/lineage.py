@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tpgrpo.config import Config, SpecData
+from tpgrpo.pipeline.spec import plain_spec
 from tpgrpo.storage import RunLayout
 from tpgrpo.storage.provenance import canonical_json, config_hash, sha256_hex
 
@@ -141,8 +142,15 @@ def stage_config_hash(cfg: Config, stage: str) -> str:
 
 
 def score_config_hash(spec: SpecData) -> str:
-    """Hash of a reward spec (the score stage's only setting)."""
-    return config_hash({"stage": "score", "spec": spec})
+    """Hash of a reward spec (the score stage's only setting), in its plain form: `"jpeg"` and
+    `{"name": "jpeg"}` hash the same."""
+    return config_hash({"stage": "score", "spec": plain_spec(spec)})
+
+
+def score_config_hashes(spec: SpecData) -> tuple[str, ...]:
+    """Every config hash a finished score output of `spec` may carry: `score_config_hash` first, then
+    the hash of the spec as written, which tpgrpo ≤ 4d5d835 stored for a `{"name": n}` spec."""
+    return _with_legacy(score_config_hash(spec), config_hash({"stage": "score", "spec": spec}))
 
 
 def annotate_config_hash(cfg: Config, mode: str) -> str:
@@ -161,7 +169,27 @@ def annotate_config_hash(cfg: Config, mode: str) -> str:
 def eval_config_hash(
     cfg: Config, spec: SpecData, steps: int, replicates: int, prompts: list[dict[str, Any]]
 ) -> str:
-    """What an evaluation's output depends on besides the checkpoint."""
+    """What an evaluation's output depends on besides the checkpoint (the spec in its plain form)."""
+    return eval_config_hashes(cfg, spec, steps, replicates, prompts)[0]
+
+
+def eval_config_hashes(
+    cfg: Config, spec: SpecData, steps: int, replicates: int, prompts: list[dict[str, Any]]
+) -> tuple[str, ...]:
+    """Every config hash a finished evaluation may carry (see `score_config_hashes`)."""
+    return _with_legacy(
+        _eval_hash(cfg, plain_spec(spec), steps, replicates, prompts),
+        _eval_hash(cfg, spec, steps, replicates, prompts),
+    )
+
+
+def _with_legacy(current: str, legacy: str) -> tuple[str, ...]:
+    return (current,) if legacy == current else (current, legacy)
+
+
+def _eval_hash(
+    cfg: Config, spec: SpecData, steps: int, replicates: int, prompts: list[dict[str, Any]]
+) -> str:
     data = cfg.public_dict()
     model = {k: v for k, v in data["model"].items() if k != "eval_batch"}
     prompt_hash = sha256_hex(canonical_json([[r["prompt_id"], r["prompt"], r["task"]] for r in prompts]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tpgrpo.config import SpecData
-from tpgrpo.errors import UserError
+from tpgrpo.errors import DataError, UserError
 from tpgrpo.pipeline.context import RunContext
 from tpgrpo.pipeline.lineage import (
     BEFORE,
@@ -16,10 +16,10 @@ from tpgrpo.pipeline.lineage import (
     annotate_config_hash,
     input_uris,
     output_uri,
-    score_config_hash,
+    score_config_hashes,
     stage_config_hash,
 )
-from tpgrpo.storage import manifest_hash, prepare_output
+from tpgrpo.storage import manifest_hash, prepare_output, read_manifest
 from tpgrpo.storage.blobs import read_blob_manifest
 
 DATASET_STAGES = ("rollout", "branch", "score", "annotate")
@@ -55,6 +55,16 @@ def input_hashes(
     return out
 
 
+def kept_config_hash(ctx: RunContext, uri: str, accepted: tuple[str, ...]) -> str:
+    """`accepted[0]`, or the accepted hash the finished output at `uri` already carries: a run
+    stored before a hash recipe took its plain form (`score_config_hashes`) still resumes."""
+    try:
+        stored = read_manifest(uri, ctx.storage_options).config_hash
+    except DataError:  # not finished (or damaged: `prepare` decides)
+        return accepted[0]
+    return stored if stored in accepted else accepted[0]
+
+
 def plan(
     ctx: RunContext,
     stage: str,
@@ -84,9 +94,8 @@ def plan(
     key = key if key is not None else ctx.reward_key(spec)
     if stage == "score":
         out = output_uri(ctx.layout, stage, iteration, key)
-        return Plan(
-            stage, iteration, out, schema, input_hashes(ctx, stage, iteration, key), score_config_hash(spec)
-        )
+        chash = kept_config_hash(ctx, out, score_config_hashes(spec))
+        return Plan(stage, iteration, out, schema, input_hashes(ctx, stage, iteration, key), chash)
     mode = mode or cfg.reward.mode
     out = output_uri(ctx.layout, stage, iteration, key, mode)
     inputs = input_hashes(ctx, stage, iteration, key, mode)

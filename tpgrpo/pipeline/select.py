@@ -16,6 +16,7 @@ from tpgrpo.config import SpecData
 from tpgrpo.errors import DataError, UserError
 from tpgrpo.pipeline.catalog import checkpoint_or_none, config_reward_key, finished_checkpoints
 from tpgrpo.pipeline.context import RunContext
+from tpgrpo.pipeline.spec import plain_spec
 
 _RANGE = re.compile(r"\s*(\d*)\s*:\s*(\d*)\s*")
 _SINGLE = re.compile(r"\s*(\d+)\s*")
@@ -249,7 +250,7 @@ def guard_training_data(
     if key != config_reward_key(ctx):
         return
     run = ctx.layout.run_id
-    if spec is not None and _plain(spec) != _plain(ctx.cfg.reward.spec):
+    if spec is not None and plain_spec(spec) != plain_spec(ctx.cfg.reward.spec):
         raise UserError(
             f"reward key {key!r} holds the scores run {run!r} trained on; give the new reward another "
             f"""key, e.g. --reward '{{"name": ..., "key": "{key}_v2"}}'"""
@@ -259,8 +260,3 @@ def guard_training_data(
             f"--force would replace the {key!r} scores or {ctx.cfg.reward.mode!r} annotations run {run!r} "
             "trained on; leave out --force, or rebuild them with tpgrpo stage --force"
         )
-
-
-def _plain(spec: SpecData) -> Any:
-    """`{"name": "jpeg"}` and `"jpeg"` are the same spec."""
-    return spec["name"] if isinstance(spec, dict) and set(spec) == {"name"} else spec

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from tpgrpo.config import config_data_hash
 from tpgrpo.errors import DataError
-from tpgrpo.pipeline.lineage import annotate_config_hash, input_uris, score_config_hash, stage_config_hash
+from tpgrpo.pipeline.lineage import annotate_config_hash, input_uris, score_config_hashes, stage_config_hash
 from tpgrpo.storage import Manifest, verify_dataset
 from tpgrpo.storage.blobs import BLOB_MANIFEST, read_blobs
 from tpgrpo.storage.files import read_bytes
@@ -99,7 +99,7 @@ class _Verifier:
         uri: str,
         schema: str,
         expected_inputs: dict[str, str],
-        config_hash: str | None = None,
+        config_hash: str | tuple[str, ...] | None = None,
         rows: int | None = None,
         max_rows: int | None = None,
     ) -> Manifest | None:
@@ -130,7 +130,8 @@ class _Verifier:
             if recomputed != manifest.hash:
                 self.fault(uri, "manifest hash does not match its content: the manifest was edited")
         self.lineage(uri, manifest.inputs, expected_inputs)
-        if config_hash is not None and manifest.config_hash != config_hash:
+        accepted = (config_hash,) if isinstance(config_hash, str) else config_hash
+        if accepted is not None and manifest.config_hash not in accepted:
             self.fault(
                 uri,
                 "config hash differs from the run config's: built with other settings, or the config "
@@ -246,7 +247,7 @@ class _Verifier:
                 rows=n * (w + 1) if w is not None else None,
             )
             for key in layout.list_rewards(i):
-                spec_hash = score_config_hash(cfg.reward.spec) if key == self.reward_key else None
+                spec_hash = score_config_hashes(cfg.reward.spec) if key == self.reward_key else None
                 self.dataset(
                     layout.rewards(i, key),
                     "rewards",
