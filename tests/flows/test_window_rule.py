@@ -27,7 +27,6 @@ pytestmark = pytest.mark.integration
 
 
 def _train_with_the_old_rule(monkeypatch: Any, cfg: Any, run_id: str) -> None:
-    import tpgrpo.flows.preflight
     import tpgrpo.pipeline.start
     import tpgrpo.stages.common
 
@@ -37,8 +36,7 @@ def _train_with_the_old_rule(monkeypatch: Any, cfg: Any, run_id: str) -> None:
 
     with monkeypatch.context() as patch:
         patch.setattr(tpgrpo.stages.common, "run_window", old_rule)
-        patch.setattr(tpgrpo.flows.preflight, "window_check", lambda cfg: [])
-        patch.setattr(tpgrpo.pipeline.start, "window_check", lambda cfg: [])
+        patch.setattr(tpgrpo.pipeline.start, "window_check", lambda cfg: [])  # preflight and init_run
         with one_torch_thread():
             train(cfg, run_id=run_id, iterations=1)
 

@@ -39,9 +39,9 @@ def train(
     """
     from tpgrpo.cli.console import quiet_expected_failures
     from tpgrpo.config import load_config
-    from tpgrpo.flows.preflight import preflight
     from tpgrpo.flows.server import temporary_server
     from tpgrpo.pipeline.context import RunContext
+    from tpgrpo.pipeline.start import preflight
 
     cfg = load_config(config or default_config_path(), overrides or [])
     base = resolve_root(root, cfg.storage.root)

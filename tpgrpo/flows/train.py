@@ -19,11 +19,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from tpgrpo.config import Config
-from tpgrpo.flows.preflight import preflight
 from tpgrpo.flows.runner import task_runner_for
 from tpgrpo.pipeline import steps
 from tpgrpo.pipeline.context import RunContext
 from tpgrpo.pipeline.plan import Plan
+from tpgrpo.pipeline.start import preflight
 from tpgrpo.storage import drop_latents
 from tpgrpo.storage.lock import run_lock
 
