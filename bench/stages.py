@@ -66,10 +66,15 @@ def stage_scope(name: str, fn: Any) -> Any:
 def instrument() -> None:
     """Wrap the storage calls (where stages import them) and the stage steps."""
     from tpgrpo import storage
-    from tpgrpo.pipeline import steps
+    from tpgrpo.pipeline import annotate as annotate_step_module
+    from tpgrpo.pipeline import evaluate as evaluate_step_module
+    from tpgrpo.pipeline import shards, start, steps
+    from tpgrpo.pipeline import update as update_step_module
     from tpgrpo.stages import annotate, branch, checkpoints, rollout, score, update
 
-    for module in (storage, rollout, branch, score, annotate, update, steps):
+    # the step modules import storage and checkpoint functions by name: wrap them there too
+    step_modules = (start, shards, annotate_step_module, update_step_module, evaluate_step_module)
+    for module in (storage, rollout, branch, score, annotate, update, *step_modules):
         for name in ("read_table", "iter_batches", "write_dataset", "finalize_dataset"):
             if hasattr(module, name):
                 setattr(module, name, timed("storage")(getattr(module, name)))
@@ -78,8 +83,9 @@ def instrument() -> None:
     cls.close = timed("storage")(cls.close)  # type: ignore[method-assign]
     for name in ("write_checkpoint", "load_checkpoint", "load_adapter"):
         setattr(checkpoints, name, timed("storage")(getattr(checkpoints, name)))
-        if hasattr(steps, name):
-            setattr(steps, name, getattr(checkpoints, name))
+        for module in step_modules:
+            if hasattr(module, name):
+                setattr(module, name, getattr(checkpoints, name))
     for stage in ("rollout", "branch", "score"):
         steps.SHARD_FUNCS[stage] = stage_scope(stage, steps.SHARD_FUNCS[stage])
     steps.finalize = timed("storage")(steps.finalize)  # type: ignore[assignment]
