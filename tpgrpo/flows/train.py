@@ -22,6 +22,7 @@ from tpgrpo.config import Config
 from tpgrpo.flows.runner import task_runner_for
 from tpgrpo.pipeline import steps
 from tpgrpo.pipeline.context import RunContext
+from tpgrpo.pipeline.lineage import SHARDED_STAGES
 from tpgrpo.pipeline.plan import Plan
 from tpgrpo.pipeline.start import preflight
 from tpgrpo.storage import drop_latents
@@ -111,7 +112,7 @@ def train_iterations(ctx: RunContext, iterations: int) -> dict[str, Any]:
     init_task.with_options(retries=retries).submit(ctx).result()
     timings: dict[str, float] = {}
     for i in range(iterations):
-        for stage in ("rollout", "branch", "score"):
+        for stage in SHARDED_STAGES:
             started = time.perf_counter()
             sharded_stage(ctx, stage, i)
             timings[f"it{i}.{stage}"] = time.perf_counter() - started

@@ -66,6 +66,9 @@ LINEAGE: dict[str, Lineage] = {
 STAGES = ("rollout", "branch", "score", "annotate", "update")
 """The stages of one iteration, in order."""
 
+SHARDED_STAGES = STAGES[:3]
+"""The model stages split over prompt-group shards (`rollout.shards`); annotate and update run whole."""
+
 BEFORE: dict[str, str | None] = {
     "rollout": None,
     "branch": "rollout",

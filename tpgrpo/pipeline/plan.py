@@ -12,6 +12,7 @@ from tpgrpo.pipeline.lineage import (
     BEFORE,
     CHECKPOINT,
     LINEAGE,
+    SHARDED_STAGES,
     STAGES,
     annotate_config_hash,
     input_uris,
@@ -22,7 +23,7 @@ from tpgrpo.pipeline.lineage import (
 from tpgrpo.storage import manifest_hash, prepare_output, read_manifest
 from tpgrpo.storage.blobs import read_blob_manifest
 
-DATASET_STAGES = ("rollout", "branch", "score", "annotate")
+DATASET_STAGES = (*SHARDED_STAGES, "annotate")
 """The stages `plan` plans (the update writes a checkpoint too: `pipeline.update`)."""
 
 
