@@ -2,12 +2,8 @@
 reports and resumes: stored formats, paths and config hashes are a contract across releases.
 
 The fixture `tests/fixtures/runs-4d5d835/old-run` is one iteration of the embedded tiny model
-(1 prompt × G=2, T=4, LoRA rank 1, reward `{"name": "shapes"}`), written by `train` at 4d5d835:
-
-    git worktree add /tmp/old15 4d5d835
-    cd /tmp/old15 && python -c '... train(load_config_data(DATA), run_id="old-run", iterations=1, root=R)'
-
-with DATA as in `run.json` (`iterations: 2`, so resuming trains iteration 1).
+(1 prompt × G=2, T=4, LoRA rank 1, reward `{"name": "shapes"}`, `iterations: 2`, so resuming
+trains iteration 1), written by `train` at 4d5d835; its README holds the script that rebuilds it.
 """
 
 from __future__ import annotations
