@@ -7,6 +7,7 @@ One loader for every family: the tiny embedded checkpoint, SD3 / SD3.5 and FLUX 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,17 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "sd3": ("StableDiffusion3Pipeline",),
     "flux": ("FluxPipeline",),
 }
+
+
+def _not_torchvision_fallback(record: logging.LogRecord) -> bool:
+    """Drop transformers' notice that an image processor falls back to its PIL backend: diffusers'
+    SD3/FLUX modules name those processors at import, we never use them, and the notice is noise
+    on every run's console (torchvision is not a dependency)."""
+    return "requires torchvision (not installed)" not in record.getMessage()
+
+
+# transformers' logger names follow its modules; the filter must be in place before diffusers loads.
+logging.getLogger("transformers.utils.import_utils").addFilter(_not_torchvision_fallback)
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -101,7 +113,10 @@ def load_pipeline(path: str, family: str, dtype: str = "float32", device: str = 
         raise UserError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     check_pipeline_dir(path, family)
     import diffusers
+    import transformers
 
+    diffusers.utils.logging.disable_progress_bar()  # "Loading pipeline components": local files, instant
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights"
     cls = getattr(diffusers, FAMILIES[family][0])
     pipeline = cls.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True)
     pipeline.set_progress_bar_config(disable=True)
