@@ -7,7 +7,6 @@ One loader for every family: the tiny embedded checkpoint, SD3 / SD3.5 and FLUX 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,6 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "flux": ("FluxPipeline",),
 }
 
-
-def _not_torchvision_fallback(record: logging.LogRecord) -> bool:
-    """Drop transformers' notice that an image processor falls back to its PIL backend: diffusers'
-    SD3/FLUX modules name those processors at import, we never use them, and the notice is noise
-    on every run's console (torchvision is not a dependency)."""
-    return "requires torchvision (not installed)" not in record.getMessage()
-
-
-# transformers' logger names follow its modules; the filter must be in place before diffusers loads.
-logging.getLogger("transformers.utils.import_utils").addFilter(_not_torchvision_fallback)
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
