@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from tpgrpo.cli.common import RootOption, echo, load_run, resolve_root
+from tpgrpo.cli.jsonout import JsonOption, emit, plain
 
 app = typer.Typer(help="List stored runs, or show one in detail.", no_args_is_help=True)
 
@@ -21,11 +22,11 @@ def _when(stamp: Any) -> str:
 
 
 @app.command("list")
-def list_runs(root: RootOption = None) -> None:
+def list_runs(root: RootOption = None, as_json: JsonOption = False) -> None:
     """One line per run under the root: status, iterations done, last train/eval reward.
 
     A damaged run gets one line saying so and what to do; every other run is still listed, and the
-    exit code is then 1."""
+    exit code is then 1. `--json`: the same as a list of objects (a damaged run has `error`)."""
     from tpgrpo.errors import TpgrpoError
     from tpgrpo.report.runs import run_info
     from tpgrpo.storage import list_runs as stored_runs
@@ -33,42 +34,65 @@ def list_runs(root: RootOption = None) -> None:
 
     base = resolve_root(root)
     check_root(base)  # a root that is a file, or S3 without credentials, is an error, not "no runs"
-    ids = stored_runs(base)
-    if not ids:
-        echo(f"no runs under {base} (start one with: tpgrpo train --root {base})")
-        return
-    header = (
-        f"{'RUN':<20}{'STATUS':<13}{'ITERS':>7}  {'REWARD':<12}{'MODE':<16}{'TRAIN':>10}{'EVAL':>10}"
-        f"  {'MODEL':<24}{'CREATED':<16}"
-    )
-    echo(header.rstrip())
-    damaged = 0
-    for run_id in ids:
+    rows: list[dict[str, Any]] = []
+    for run_id in stored_runs(base):
         try:
             info = run_info(load_run(run_id, base))
         except TpgrpoError as err:  # one unreadable run must not hide the others
-            echo(f"{run_id:<20}{'damaged':<13}{'-':>7}  {err}")
-            damaged += 1
+            rows.append({"run_id": run_id, "status": "damaged", "error": str(err)})
             continue
-        cfg = info.config
         last, ev = info.last, info.last_eval()
-        iters = f"{info.iterations_done}/{cfg.iterations}"
-        echo(
-            f"{run_id:<20}{info.status:<13}{iters:>7}  {info.reward_key:<12}{cfg.reward.mode:<16}"
-            f"{_num(last.reward_final if last else None):>10}"
-            f"{_num(ev.metrics.get('score') if ev else None):>10}"
-            f"  {cfg.model.path[-24:]:<24}{_when(info.created)}"
+        rows.append(
+            {
+                "run_id": run_id,
+                "status": info.status,
+                "iterations_done": info.iterations_done,
+                "iterations": info.config.iterations,
+                "reward_key": info.reward_key,
+                "mode": info.config.reward.mode,
+                "train_reward": last.reward_final if last else None,
+                "eval_score": ev.metrics.get("score") if ev else None,
+                "model": info.config.model.path,
+                "created": info.created,
+            }
         )
-    if damaged:  # every run is listed; the exit code tells a script that some could not be read
+    if as_json:
+        emit({"root": base, "runs": rows})
+    elif not rows:
+        echo(f"no runs under {base} (start one with: tpgrpo train --root {base})")
+    else:
+        echo(_runs_table(rows))
+    if any(r["status"] == "damaged" for r in rows):  # the exit code tells a script some were unreadable
         raise typer.Exit(1)
+
+
+def _runs_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'RUN':<20}{'STATUS':<13}{'ITERS':>7}  {'REWARD':<12}{'MODE':<16}{'TRAIN':>10}{'EVAL':>10}"
+        f"  {'MODEL':<24}{'CREATED':<16}".rstrip()
+    ]
+    for r in rows:
+        if r["status"] == "damaged":
+            lines.append(f"{r['run_id']:<20}{'damaged':<13}{'-':>7}  {r['error']}")
+            continue
+        iters = f"{r['iterations_done']}/{r['iterations']}"
+        lines.append(
+            f"{r['run_id']:<20}{r['status']:<13}{iters:>7}  {r['reward_key']:<12}{r['mode']:<16}"
+            f"{_num(r['train_reward']):>10}{_num(r['eval_score']):>10}"
+            f"  {r['model'][-24:]:<24}{_when(r['created'])}"
+        )
+    return "\n".join(lines)
 
 
 @app.command("show")
 def show(
     run_id: Annotated[str, typer.Argument(help="Run id")],
     root: RootOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """A run in detail: config summary, per-iteration rewards and costs, rescored keys, evaluations."""
+    """A run in detail: config summary, per-iteration rewards and costs, rescored keys, evaluations.
+
+    `--json`: the same with the full config, one object per iteration and per evaluation."""
     from tpgrpo.report.runs import format_windows, run_info, run_windows, stage_reached
     from tpgrpo.storage import read_run_record
 
@@ -79,6 +103,27 @@ def show(
     window = format_windows(run_windows(ctx), cfg)
     groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
     holder = info.holder
+    others = {i: [k for k in keys if k != info.reward_key] for i, keys in info.reward_keys.items()}
+    rescored = {i: keys for i, keys in others.items() if keys}
+    if as_json:
+        emit(
+            {
+                "run_id": info.run_id,
+                "run_dir": ctx.layout.run_dir,
+                "status": info.status,
+                "holder": holder,
+                "iterations_done": info.iterations_done,
+                "created": info.created,
+                "code_version": stored.get("code_version"),
+                "reward_key": info.reward_key,
+                "window": window,
+                "config": cfg,
+                "iterations": [{**plain(r), "reached": stage_reached(r)} for r in info.iterations],
+                "rescored": rescored,
+                "evals": info.evals,
+            }
+        )
+        return
     status = info.status + (f" (pid {holder.get('pid')} on {holder.get('host')})" if holder else "")
     u = cfg.update
     lines = [
@@ -109,8 +154,6 @@ def show(
         )
     if not info.iterations:
         lines.append("   (no iterations yet)")
-    others = {i: [k for k in keys if k != info.reward_key] for i, keys in info.reward_keys.items()}
-    rescored = {i: keys for i, keys in others.items() if keys}
     lines.append("")
     if rescored:
         lines.append("rescored   " + "; ".join(f"iteration {i}: {', '.join(k)}" for i, k in rescored.items()))
