@@ -219,3 +219,107 @@ def invalidate(
     for uri in targets:
         echo(f"removed {uri.removeprefix(prefix)}")
     echo(f"run {run_id}: invalidated from iteration {start}; run the same tpgrpo train command to rebuild")
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value, unit = n / 1024, "KB"
+    for bigger in ("MB", "GB", "TB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
+
+
+@app.command("rm")
+def rm(
+    run_id: Annotated[str, typer.Argument(help="Run id")],
+    yes: Annotated[bool, typer.Option("--yes", help="Remove without asking")] = False,
+    root: RootOption = None,
+) -> None:
+    """Delete a run and everything stored for it (datasets, checkpoints, evaluations).
+
+    Refused while the run is being trained or rescored (its lock is live). Asks for confirmation
+    unless --yes; without a terminal to ask on, --yes is required. Also removes the remains of an
+    interrupted `runs rm` (a folder without run.json)."""
+    from tpgrpo.errors import UserError
+    from tpgrpo.storage import RunLayout, list_runs
+    from tpgrpo.storage.access import check_root
+    from tpgrpo.storage.cleanup import remove_run, run_files
+    from tpgrpo.storage.lock import lease_holder
+
+    base = resolve_root(root)
+    check_root(base)
+    layout = RunLayout(base, run_id)
+    stored = run_files(layout)
+    if stored is None:
+        known = ", ".join(list_runs(base)) or "none"
+        raise UserError(f"unknown run {run_id!r} under {base} (runs there: {known})")
+    holder = lease_holder(layout.lock())
+    if holder is not None:
+        raise UserError(
+            f"run {run_id!r} is in use (locked by pid {holder.get('pid')} on {holder.get('host')}); stop "
+            "that train or rescore first, then remove it"
+        )
+    kind = "run" if stored.is_run else "the remains of run"
+    what = f"{kind} {run_id} ({stored.files} files, {_size(stored.bytes)})"
+    if not yes:
+        import sys
+
+        if not sys.stdin.isatty():
+            raise UserError(f"would remove {what} at {layout.run_dir}; pass --yes to remove it")
+        if not typer.confirm(f"remove {what} at {layout.run_dir}?"):
+            echo("nothing removed")
+            raise typer.Exit(1)
+    remove_run(layout)
+    echo(f"removed {what}")
+
+
+@app.command("gc")
+def gc(
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="Only this run [default: every run under the root]")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the debris, remove nothing")] = False,
+    root: RootOption = None,
+) -> None:
+    """Remove the debris of crashed stages: dataset and checkpoint folders without a manifest, and
+    the temp files of interrupted writes. Runs being trained or rescored are skipped (their
+    unfinished outputs are work in progress). The stages redo debris anyway; gc frees its space."""
+    from tpgrpo.errors import RunLockedError, UserError
+    from tpgrpo.storage import RunLayout, list_runs
+    from tpgrpo.storage.access import check_root
+    from tpgrpo.storage.cleanup import collect_debris, find_debris
+    from tpgrpo.storage.lock import lease_holder
+
+    base = resolve_root(root)
+    check_root(base)
+    ids = list_runs(base)
+    if run_id is not None:
+        if run_id not in ids:
+            raise UserError(f"unknown run {run_id!r} under {base} (runs there: {', '.join(ids) or 'none'})")
+        ids = [run_id]
+    total_items = total_bytes = 0
+    busy: list[str] = []
+    for rid in ids:
+        layout = RunLayout(base, rid)
+        if lease_holder(layout.lock()) is not None:
+            busy.append(rid)
+            continue
+        try:
+            debris = find_debris(layout) if dry_run else collect_debris(layout)
+        except RunLockedError:  # a train started after the check above
+            busy.append(rid)
+            continue
+        prefix = layout.run_dir.rstrip("/") + "/"
+        verb = "would remove" if dry_run else "removed"
+        for item in debris:
+            size = f"{item.files} files, {_size(item.bytes)}"
+            echo(f"{verb} {rid}/{item.uri.removeprefix(prefix)} ({item.kind}, {size})")
+        total_items += len(debris)
+        total_bytes += sum(item.bytes for item in debris)
+    verb = "would remove" if dry_run else "removed"
+    echo(f"gc: {verb} {total_items} item(s), {_size(total_bytes)}, from {len(ids) - len(busy)} run(s)")
+    if busy:
+        echo(f"skipped (being trained or rescored): {', '.join(busy)}; run gc again once they stop")
