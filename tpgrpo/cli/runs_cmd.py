@@ -323,3 +323,32 @@ def gc(
     echo(f"gc: {verb} {total_items} item(s), {_size(total_bytes)}, from {len(ids) - len(busy)} run(s)")
     if busy:
         echo(f"skipped (being trained or rescored): {', '.join(busy)}; run gc again once they stop")
+
+
+@app.command("compare")
+def compare(
+    run_ids: Annotated[list[str], typer.Argument(help="Two or more run ids")],
+    out: Annotated[
+        str | None, typer.Option("--out", help="Output folder [default: ./compare-<first>-<last>]")
+    ] = None,
+    root: RootOption = None,
+) -> None:
+    """Runs side by side: reward, evaluation and turning-point curves overlaid against iterations,
+    model evaluations and wall-clock (PNG, and one self-contained HTML page), and a table of each
+    run's final figures (printed too)."""
+    from tpgrpo.cli.common import check_output_dir
+    from tpgrpo.errors import UserError
+    from tpgrpo.report.compare import compare_runs, format_figures
+
+    if len(run_ids) < 2:
+        raise UserError("runs compare needs two or more run ids, e.g. tpgrpo runs compare demo demo-2")
+    if len(set(run_ids)) != len(run_ids):
+        raise UserError(f"run ids repeat in {' '.join(run_ids)}; name each run once")
+    target = out or f"./compare-{run_ids[0]}-{run_ids[-1]}"
+    check_output_dir(target, "--out")
+    contexts = [load_run(run_id, root) for run_id in run_ids]  # every id checked before any work
+    files, figures = compare_runs(contexts, target)
+    echo(format_figures(figures))
+    for image in files.images:
+        echo(f"png:  {image}")
+    echo(f"html: {files.html}")
