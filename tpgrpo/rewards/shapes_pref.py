@@ -196,10 +196,10 @@ def _object_quality(seg: Segmentation) -> np.ndarray:
     o_in = objmap.ravel()[flat_in]  # [I]
     xi = x[flat_in].astype(np.float64)  # [I, 3] float64: sums of squares of up to 400 pixels of 255²
     n_in = np.bincount(o_in, minlength=m).astype(np.float64)  # [M]
-    mean = np.stack([np.bincount(o_in, weights=xi[:, c], minlength=m) for c in range(3)], 1)  # [M, 3] sums
+    sums = np.stack([np.bincount(o_in, weights=xi[:, c], minlength=m) for c in range(3)], 1)  # [M, 3]
     sq = np.bincount(o_in, weights=(xi * xi).sum(1), minlength=m)  # [M]
     has = n_in > 0
-    mean[has] /= n_in[has, None]
+    mean = sums / np.maximum(n_in, 1.0)[:, None]  # [M, 3]
     var = np.where(has, sq / np.maximum(n_in, 1) - (mean * mean).sum(1), 0.0)  # [M] summed over channels
     hue = np.exp(-((mean - _PAL[seg.color]) ** 2).sum(1) / (2 * SIGMA_HUE**2))
     uniformity = np.exp(-np.maximum(var, 0.0) / (2 * SIGMA_UNIFORMITY**2))
