@@ -69,27 +69,27 @@ def test_content_by_hand() -> None:
 
 def test_shape_likelihood_by_hand() -> None:
     # a 16 × 12 red rectangle: fill 1, offset 0, aspect 4/3 (the detector still calls it a square),
-    # p_square = exp(−½ ((4/3 − 1.08) / 0.15)²); the prompt's two requirements both get it, x = 0,
+    # p_square = exp(−½ ((4/3 − 1.08) / 0.3)²); the prompt's two requirements both get it, x = 0,
     # quality 1 (a clean render)
     img = _blank()
     img[0, 20:32, 24:40] = RED
-    p = math.exp(-0.5 * ((4 / 3 - 1.08) / 0.15) ** 2)  # 0.2402
+    p = math.exp(-0.5 * ((4 / 3 - 1.08) / 0.3) ** 2)  # 0.700
     res = PREF.score(img, ["a photo of a red square"])
     assert res.details[0]["requirements"] == pytest.approx(
         {"present:square": p, "color:red square": p}, abs=1e-4
     )
     assert res.score[0] == pytest.approx(p)
     assert SHAPES.score(img, ["a photo of a red square"]).score[0] == 1.0
-    # a 10 px square: side 4 px under the window, p = exp(−½ (4 / 2.5)²) = 0.2780
+    # a 10 px square: side 4 px under the window, p = exp(−½ (4 / 4)²) = 0.607
     small = _blank()
     small[0, 20:30, 20:30] = RED
-    assert PREF.score(small, ["a photo of a square"]).score[0] == pytest.approx(math.exp(-0.5 * 1.6**2))
+    assert PREF.score(small, ["a photo of a square"]).score[0] == pytest.approx(math.exp(-0.5))
     # the function itself: windows are flat, each feature adds its squared excess
     got = shape_likelihood(np.array([0.7]), np.array([0.05]), np.array([1.0]), np.array([22.5]))
-    # circle: fill (0.77 − 0.7) / 0.05 = 1.4, offset (0.05 − 0.02) / 0.03 = 1, side 2.5 / 2.5 = 1
-    assert got[0, 0] == pytest.approx(math.exp(-0.5 * (1.4**2 + 1 + 1)))
-    # triangle: fill (0.7 − 0.55) / 0.05 = 3, offset (0.14 − 0.05) / 0.03 = 3, side 1
-    assert got[0, 2] == pytest.approx(math.exp(-0.5 * (9 + 9 + 1)))
+    # circle: fill (0.77 − 0.7) / 0.1 = 0.7, offset (0.05 − 0.02) / 0.05 = 0.6, side 2.5 / 4 = 0.625
+    assert got[0, 0] == pytest.approx(math.exp(-0.5 * (0.7**2 + 0.6**2 + 0.625**2)))
+    # triangle: fill (0.7 − 0.55) / 0.1 = 1.5, offset (0.14 − 0.05) / 0.05 = 1.8, side 0.625
+    assert got[0, 2] == pytest.approx(math.exp(-0.5 * (1.5**2 + 1.8**2 + 0.625**2)))
 
 
 def test_relation_ramp_by_hand() -> None:

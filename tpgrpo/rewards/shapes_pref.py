@@ -12,7 +12,7 @@ box centre `u` (over the box height), aspect ratio `a` (long side / short side) 
 in pixels of the 64×64 frame. With `e(v, [lo, hi], σ) = max(0, lo − v, v − hi) / σ` (0 inside the
 window), the likelihood that `o` is a well-drawn object of shape `S` is
 
-    p_S(o) = exp(−½ [e(f, F_S, 0.05)² + e(u, U_S, 0.03)² + e(a, [1, 1.08], 0.15)² + e(z, [14, 20], 2.5)²])
+    p_S(o) = exp(−½ [e(f, F_S, 0.1)² + e(u, U_S, 0.05)² + e(a, [1, 1.08], 0.3)² + e(z, [14, 20], 4)²])
 
 with `F_circle = [0.77, 0.82]`, `F_square = [0.97, 1]`, `F_triangle = [0.49, 0.55]`,
 `U_circle = U_square = [−0.02, 0.02]`, `U_triangle = [0.14, 0.17]`: the ranges a clean render of
@@ -91,7 +91,7 @@ OFFSET: dict[str, tuple[float, float]] = {
 """Window of the centroid's offset below the box centre (over the box height) of each shape."""
 ASPECT, SIDE = (1.0, 1.08), (14.0, 20.0)
 """Windows of the box aspect ratio and of the longer box side (pixels of the 64×64 frame)."""
-SIGMA_FILL, SIGMA_OFFSET, SIGMA_ASPECT, SIGMA_SIDE = 0.05, 0.03, 0.15, 2.5
+SIGMA_FILL, SIGMA_OFFSET, SIGMA_ASPECT, SIGMA_SIDE = 0.1, 0.05, 0.3, 4.0
 """Scales of the penalty outside each window."""
 SIGMA_BACKGROUND, SIGMA_HUE, SIGMA_UNIFORMITY = 16.0, 16.0, 16.0
 """RGB scales of the background, hue and uniformity terms."""
