@@ -68,6 +68,7 @@ def mode_stats(columns: dict[str, np.ndarray]) -> dict[str, Any]:
         "transitions": int(step.size),
         "nonzero_increment": float((d != 0).mean()),
         "nonzero_increment_by_step": [float((d[m] != 0).mean()) for m in by_step],
+        "d_abs_by_step": [float(np.abs(d[m]).mean()) for m in by_step],
         "detected": detected,
         "kept": n_kept,
         "detected_rate": detected / step.size,
@@ -126,12 +127,16 @@ def _fmt(values: list[float]) -> str:
 def report(stats: dict[str, Any]) -> str:
     """Markdown tables of `collect`'s result."""
     lines = ["**non-zero increments d_j by trained step j** (all modes share them)", ""]
-    lines += ["| reward | all | by step j = 0 … W−1 | mean ρ_j by boundary |", "|---|---|---|---|"]
+    lines += [
+        "| reward | non-zero, all | non-zero by step j = 0 … W−1 | mean abs(d_j) by step "
+        "| mean ρ_j by boundary |",
+        "|---|---|---|---|---|",
+    ]
     for key, e in stats.items():
         m = e["modes"]["incremental"]
         lines.append(
             f"| {key} | {m['nonzero_increment']:.3f} | {_fmt(m['nonzero_increment_by_step'])} | "
-            f"{_fmt(e['mean_rho_by_boundary'])} |"
+            f"{' '.join(f'{v:.3f}' for v in m['d_abs_by_step'])} | {_fmt(e['mean_rho_by_boundary'])} |"
         )
     lines += ["", "**turning points**", ""]
     lines += [
