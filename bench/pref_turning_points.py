@@ -89,6 +89,38 @@ def mode_stats(columns: dict[str, np.ndarray]) -> dict[str, Any]:
     }
 
 
+def pref_parts(root: str, run_id: str, iterations: int) -> dict[str, list[float]]:
+    """Where `shapes_pref`'s increments come from, by trained step j.
+
+    With `score = C (1 + Q) / 2`, `d_j = ΔC (1 + Q_{j+1}) / 2 + C_j ΔQ / 2` exactly: a content part
+    and a quality part. From the stored details (rounded to 4 decimals): their mean absolute values
+    and the share of transitions whose content credit did not change at all.
+    """
+    from tpgrpo.storage import read_table
+    from tpgrpo.storage.layout import RunLayout
+
+    layout = RunLayout(root, run_id)
+    content: dict[tuple[int, int], dict[int, tuple[float, float]]] = {}
+    for i in range(iterations):
+        t = read_table(
+            layout.rewards(i, "shapes_pref"), "rewards", columns=["trajectory_id", "boundary", "details"]
+        )
+        for tid, j, text in zip(
+            *(t.column(c).to_pylist() for c in ("trajectory_id", "boundary", "details")), strict=True
+        ):
+            d = json.loads(text)
+            content.setdefault((i, tid), {})[j] = (d["content"], sum(d["quality"].values()) / 4)
+    w = max(max(v) for v in content.values())
+    rows = np.array([[v[j] for j in range(w + 1)] for v in content.values()])  # [N, W+1, 2]
+    c, q = rows[..., 0], rows[..., 1]
+    dc, dq = np.diff(c, axis=1), np.diff(q, axis=1)  # [N, W]
+    return {
+        "content_part_abs_by_step": np.abs(dc * (1 + q[:, 1:]) / 2).mean(0).tolist(),
+        "quality_part_abs_by_step": np.abs(c[:, :-1] * dq / 2).mean(0).tolist(),
+        "content_unchanged_by_step": (dc == 0).mean(0).tolist(),
+    }
+
+
 def collect(root: str, run_id: str, iterations: int) -> dict[str, Any]:
     """Read the run's rewards and annotations of both rewards and summarise them."""
     from tpgrpo.storage import read_table
@@ -138,6 +170,17 @@ def report(stats: dict[str, Any]) -> str:
             f"| {key} | {m['nonzero_increment']:.3f} | {_fmt(m['nonzero_increment_by_step'])} | "
             f"{' '.join(f'{v:.3f}' for v in m['d_abs_by_step'])} | {_fmt(e['mean_rho_by_boundary'])} |"
         )
+    parts = stats["shapes_pref"].get("parts")
+    if parts:
+        lines += ["", "**where shapes_pref's increments come from** (d_j = content part + quality part)", ""]
+        lines += ["| by step j = 0 … W−1 | values |", "|---|---|"]
+        lines.append(
+            f"| mean abs(content part) | {' '.join(f'{v:.3f}' for v in parts['content_part_abs_by_step'])} |"
+        )
+        lines.append(
+            f"| mean abs(quality part) | {' '.join(f'{v:.3f}' for v in parts['quality_part_abs_by_step'])} |"
+        )
+        lines.append(f"| content unchanged | {_fmt(parts['content_unchanged_by_step'])} |")
     lines += ["", "**turning points**", ""]
     lines += [
         "| reward | mode | detected | kept | removed by balancing | kept rate | kept by step | "
@@ -192,6 +235,7 @@ def main() -> None:
         ),
     }
     stats = collect(args.root, args.run_id, args.iterations)
+    stats["shapes_pref"]["parts"] = pref_parts(args.root, args.run_id, args.iterations)
     result = {
         "run_id": args.run_id,
         "config": Path(args.config).name,
