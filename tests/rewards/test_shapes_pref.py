@@ -236,6 +236,13 @@ def test_details_are_exposed_like_shapes() -> None:
         assert d["shapes"] == pytest.approx(shapes.score[i], abs=1e-4)
         q = sum(d["quality"].values()) / 4
         assert pref.score[i] == pytest.approx(d["content"] * (1 + q) / 2, abs=1e-3)
+    # the evaluation summary reads them as it reads `shapes`': credit per requirement kind, quality
+    from tpgrpo.stages.evaluate import detail_means
+
+    texts = [json.dumps(d) for d in pref.details]
+    summary, base = detail_means(texts), detail_means([json.dumps(d) for d in shapes.details])
+    assert set(summary["requirements"]) == set(base["requirements"])
+    assert summary["quality"] == base["quality"]
 
 
 def test_registry_server_and_weighted_sum_with_shapes() -> None:
