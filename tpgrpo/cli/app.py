@@ -26,6 +26,7 @@ from tpgrpo.cli import (
     report_cmd,
     runs_cmd,
     serve_cmd,
+    track_cmd,
     train_cmd,
 )
 from tpgrpo.cli.console import VERBOSE_ENV, verbose
@@ -49,6 +50,7 @@ app.add_typer(export_cmd.app, name="export")
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(audit_cmd.app, name="audit")
 app.command("report")(report_cmd.report)
+app.command("track")(track_cmd.track)
 app.command("serve-reward")(serve_cmd.serve_reward)
 
 
