@@ -157,3 +157,11 @@ def test_audit_help_lists_health() -> None:
         assert command in out.output
     out = runner.invoke(app, ["audit", "health", "--help"])
     assert out.exit_code == 0 and "--strict" in out.output and "squared gradient" in out.output
+
+
+def test_pretrain_never_writes_into_the_installed_package_by_default() -> None:
+    import tpgrpo
+    from tpgrpo.cli.pretrain_cmd import DEFAULT_OUT
+
+    package = Path(tpgrpo.__file__).resolve().parent
+    assert package not in Path(DEFAULT_OUT).resolve().parents
