@@ -165,3 +165,22 @@ def test_pretrain_never_writes_into_the_installed_package_by_default() -> None:
 
     package = Path(tpgrpo.__file__).resolve().parent
     assert package not in Path(DEFAULT_OUT).resolve().parents
+
+
+def test_prefect_home_is_created_with_its_parents_or_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Prefect creates only the last level of PREFECT_HOME; a missing parent made its temporary
+    server fail to start after a 2-minute wait. The CLI creates the parents, or says why it cannot."""
+    from tpgrpo.cli.app import prefect_environment
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "a" / "b" / ".prefect"))
+    prefect_environment()
+    assert (tmp_path / "a" / "b" / ".prefect").is_dir()
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "file" / ".prefect"))
+    with pytest.raises(SystemExit) as exit_info:
+        prefect_environment()
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: cannot create PREFECT_HOME") and "writable folder" in error

@@ -60,6 +60,12 @@ def prefect_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    home = Path(os.environ["PREFECT_HOME"]).expanduser()
+    try:  # Prefect makes only the last level; a missing parent cost a 2-minute server timeout
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        message = f"cannot create PREFECT_HOME {str(home)!r} ({err.strerror})"
+        _fail(f"{message}; point PREFECT_HOME at a writable folder", 2)
 
 
 def _version(value: bool) -> None:
