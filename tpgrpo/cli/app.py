@@ -26,6 +26,7 @@ from tpgrpo.cli import (
     report_cmd,
     runs_cmd,
     serve_cmd,
+    track_cmd,
     train_cmd,
 )
 from tpgrpo.cli.console import VERBOSE_ENV, verbose
@@ -36,7 +37,7 @@ app = typer.Typer(
     help="TP-GRPO fine-tuning of flow-matching text-to-image models as resumable Prefect flows over Parquet.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
 )
 app.command("train")(train_cmd.train)
 app.command("stage")(train_cmd.stage)
@@ -49,6 +50,7 @@ app.add_typer(export_cmd.app, name="export")
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(audit_cmd.app, name="audit")
 app.command("report")(report_cmd.report)
+app.command("track")(track_cmd.track)
 app.command("serve-reward")(serve_cmd.serve_reward)
 
 
@@ -58,10 +60,33 @@ def prefect_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    home = Path(os.environ["PREFECT_HOME"]).expanduser()
+    try:  # Prefect makes only the last level; a missing parent cost a 2-minute server timeout
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        message = f"cannot create PREFECT_HOME {str(home)!r} ({err.strerror})"
+        _fail(f"{message}; point PREFECT_HOME at a writable folder", 2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from tpgrpo.storage.provenance import code_version
+
+        typer.echo(f"tpgrpo {code_version()}")  # the code version every manifest records
+        raise typer.Exit()
 
 
 @app.callback()
 def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the code version (package version, plus the git commit in a checkout) and exit",
+        ),
+    ] = False,
     verbose: Annotated[
         bool,
         typer.Option(
