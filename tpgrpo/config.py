@@ -85,8 +85,10 @@ class SamplingConfig(_Strict):
     num_steps: Int = Field(10, ge=2, le=1000, description="T, steps of the training rollouts")
     eval_steps: Int = Field(40, ge=1, le=1000, description="ODE steps of evaluation")
     guidance_scale: Float = Field(4.5, ge=0.0, le=100.0)
-    sampler: Literal["sde", "cps"] = "cps"
-    noise_level: Float = Field(0.7, gt=0.0, le=1.0, description="a of SPEC §2")
+    sampler: Literal["sde", "cps", "dance"] = Field(
+        "cps", description="cps, sde (Flow-GRPO) or dance (DanceGRPO's SDE step, constant diffusion η)"
+    )
+    noise_level: Float = Field(0.7, gt=0.0, le=1.0, description="a of SPEC §2 (η for dance)")
     window_start: Int = Field(0, ge=0, le=1000, description="w0, the first trained grid step")
     window_size: Int | None = Field(
         None,
