@@ -116,6 +116,11 @@ class RolloutConfig(_Strict):
     shards: Int = Field(
         1, ge=1, le=1024, description="GPU stages split over prompt groups into this many shards"
     )
+    same_noise_per_group: Bool = Field(
+        False,
+        description="every trajectory of a prompt group starts from the same initial noise s_0 (that of "
+        "the group's first trajectory; DanceGRPO's init_same_noise); the step noise stays per trajectory",
+    )
 
     @model_validator(mode="after")
     def _bounded_iteration(self) -> RolloutConfig:
