@@ -170,6 +170,14 @@ class UpdateConfig(_Strict):
         2, ge=1, le=MAX_TRAJECTORIES, description="optimizer steps per iteration (per epoch)"
     )
     epochs: Int = Field(1, ge=1, le=1000, description="passes over an iteration's samples")
+    timestep_fraction: Float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="each trajectory trains floor(W × fraction) of the window's W steps per epoch, a "
+        "random subset seeded by (seed, iteration, epoch, trajectory); the loss is the mean over the "
+        "trained transitions. 1: every step. DanceGRPO: 0.6",
+    )
     micro_batch: Int = Field(32, ge=1, le=65_536, description="transitions per forward/backward")
     gradient_checkpointing: Bool = Field(
         False,

@@ -31,6 +31,7 @@ from tpgrpo.algorithm.samplers import (
     step_std,
     transition_log_prob,
 )
+from tpgrpo.algorithm.subsets import num_trained_steps, trained_step_mask
 
 __all__ = [
     "MODES",
@@ -50,12 +51,14 @@ __all__ = [
     "grid_step_stds",
     "grpo_loss",
     "kl_to_reference",
+    "num_trained_steps",
     "ode_step",
     "reference_cps_log_prob",
     "resolve_window",
     "sampler_step",
     "step_std",
     "timesteps_of",
+    "trained_step_mask",
     "transition_log_prob",
     "window_problems",
     "zero_advantage_mask",
