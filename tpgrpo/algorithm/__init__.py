@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from tpgrpo.algorithm.advantages import STD_SCOPES, advantages, zero_advantage_mask, zero_std_groups
+from tpgrpo.algorithm.advantages import (
+    STD_SCOPES,
+    advantages,
+    aggregate_advantages,
+    best_of_n_mask,
+    zero_advantage_mask,
+    zero_std_groups,
+)
 from tpgrpo.algorithm.annotation import (
     MODES,
     Annotation,
@@ -44,8 +51,10 @@ __all__ = [
     "StepOut",
     "Window",
     "advantages",
+    "aggregate_advantages",
     "annotate",
     "balance_turning_points",
+    "best_of_n_mask",
     "detect_turning_points",
     "flow_match_sigmas",
     "grid_step_stds",
