@@ -156,6 +156,26 @@ class AdvantageConfig(_Strict):
     std_scope: Literal["group", "batch"] = "group"
     clip: Float = Field(5.0, gt=0.0, le=1e6)
     skip_zero: Bool = Field(True, description="skip trajectories whose advantages are all zero")
+    aggregate: Literal["reward", "advantage"] = Field(
+        "reward",
+        description="several rewards (a weighted reward's components, or advantage.weights): reward = "
+        "normalise the weighted sum of rewards (Flow-GRPO); advantage = normalise each reward in its "
+        "group, then the weighted sum of advantages (DanceGRPO, MixGRPO, GDPO)",
+    )
+    weights: dict[Text, Float] | None = Field(
+        None,
+        min_length=1,
+        description="{reward key: weight}: combine these stored rewards (rewards/<key> of each "
+        "iteration, e.g. written by tpgrpo rescore) instead of the annotated reward alone; null: the "
+        "annotated reward (a weighted reward's components with its own weights)",
+    )
+    best_of_n: Int | None = Field(
+        None,
+        ge=2,
+        le=1024,
+        description="train only the n/2 best and n/2 worst trajectories of each group (by final reward, "
+        "or aggregated final advantage), the others get advantage 0; even, at most rollout.group_size",
+    )
 
 
 class UpdateConfig(_Strict):
@@ -286,6 +306,20 @@ class Config(_Strict):
             out.append(
                 f"update.ddp_procs={self.update.ddp_procs} needs model.device 'cuda', not "
                 f"{self.model.device!r}: each torchrun process takes the GPU of its local rank"
+            )
+        weights = self.advantage.weights
+        if weights is not None and all(w == 0 for w in weights.values()):
+            out.append("advantage.weights are all 0: the combined reward would be constant")
+        n = self.advantage.best_of_n
+        if n is not None and (n % 2 or n > self.rollout.group_size):
+            out.append(
+                f"advantage.best_of_n={n} must be even (the n/2 best and n/2 worst of a group) and at most "
+                f"rollout.group_size={self.rollout.group_size}"
+            )
+        if n is not None and not self.advantage.skip_zero:
+            out.append(
+                "advantage.best_of_n leaves out trajectories by giving them advantage 0, which only "
+                "advantage.skip_zero=true keeps out of the update; set it to true"
             )
         if self.flow.task_runner != "dask" and self.flow.dask_address:
             out.append("flow.dask_address is set but flow.task_runner is not 'dask'")
