@@ -19,6 +19,7 @@ Configurations (`--configs`, default all):
 | incremental, tp, tp_constrained | step-level rewards from ODE completions |
 | flow_grpo_fast | flow_grpo on the first 3 steps only (the SDE window where composition is decided) |
 | <mode>_kl | each mode with a small KL to the base (β = 0.01) |
+| dance | DanceGRPO (configs/dance_tiny.yaml): η = 0.3, 60 % of steps, shared noise, terminal reward |
 
 Runs are resumable: each is a tpgrpo run under `--root`, its per-iteration timings and
 turning-point counts by step in `bench.json` beside it, its evaluation cached beside that; rerunning
@@ -54,10 +55,20 @@ BASE_CONFIGS: dict[str, list[str]] = {
 # measure in short budgets. Pilot (seed 0, 300 s, 292 held-out images, base score 0.553): lr 1e-3
 # gave flow_grpo 0.560 and tp_constrained 0.559; lr 3e-3 gave 0.519 and 0.520, worse than the base.
 COMMON = ["update.lr=1e-3"]
+# DanceGRPO on the same protocol: what configs/dance_tiny.yaml changes from tiny.yaml
+# (tests/bench/test_learning.py checks the two agree)
+DANCE = [
+    *BASE_CONFIGS["flow_grpo"],
+    "sampling.sampler=dance",
+    "sampling.noise_level=0.3",
+    "update.timestep_fraction=0.6",
+    "rollout.same_noise_per_group=true",
+]
 CONFIGS: dict[str, list[str]] = {
     **BASE_CONFIGS,
     "flow_grpo_fast": [*BASE_CONFIGS["flow_grpo"], "sampling.window_size=3"],
     **{f"{mode}_kl": [*sets, "update.kl_beta=0.01"] for mode, sets in BASE_CONFIGS.items()},
+    "dance": DANCE,
 }
 
 
