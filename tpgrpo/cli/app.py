@@ -36,7 +36,7 @@ app = typer.Typer(
     help="TP-GRPO fine-tuning of flow-matching text-to-image models as resumable Prefect flows over Parquet.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
 )
 app.command("train")(train_cmd.train)
 app.command("stage")(train_cmd.stage)
@@ -60,8 +60,25 @@ def prefect_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from tpgrpo.storage.provenance import code_version
+
+        typer.echo(f"tpgrpo {code_version()}")  # the code version every manifest records
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the code version (package version, plus the git commit in a checkout) and exit",
+        ),
+    ] = False,
     verbose: Annotated[
         bool,
         typer.Option(

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from tpgrpo.cli.common import RootOption, RunOption, echo, load_run
+from tpgrpo.cli.jsonout import JsonOption, emit, note, plain
 
 app = typer.Typer(
     help="Audit stored trajectories, turning points, the integrity of a run and its learning health.",
@@ -61,6 +62,7 @@ def trajectory(
     reward: RewardKeyOption = None,
     mode: ModeOption = None,
     root: RootOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """One trajectory: boundary rewards, increments, turning points, step rewards and advantages."""
     from tpgrpo.cli.common import check_output_file
@@ -73,10 +75,13 @@ def trajectory(
     key, m = key_and_mode(ctx, reward, mode)
     check_iteration(iteration, annotated_iterations(ctx, key, m), run_id=run, what=f"{key}/{m} annotations")
     audit = load_trajectory(ctx, iteration, traj, key, m)
-    echo(format_trajectory(audit))
+    if as_json:
+        emit(audit)
+    else:
+        echo(format_trajectory(audit))
     if png is not None:
         trajectory_strip(ctx, audit).save(png)
-        echo(f"png: {png}")
+        note(f"png: {png}", as_json)
 
 
 @app.command("turning-points")
@@ -85,6 +90,7 @@ def turning_points(
     reward: RewardKeyOption = None,
     mode: ModeOption = None,
     root: RootOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Per iteration: turning-point rate by step, sign balance before/after balancing, magnitudes."""
     from tpgrpo.errors import UserError
@@ -102,7 +108,10 @@ def turning_points(
         read_turning_point_stats(ctx.layout.annotations(i, key, m), i, ctx.storage_options)
         for i in iterations
     ]
-    echo(format_turning_points(stats, f"run {run}: turning points of reward {key}, mode {m}"))
+    if as_json:
+        emit({"run_id": run, "reward_key": key, "mode": m, "iterations": stats})
+    else:
+        echo(format_turning_points(stats, f"run {run}: turning points of reward {key}, mode {m}"))
     fail_on_left_out(ctx, key, m)
 
 
@@ -113,6 +122,7 @@ def verify(
         bool, typer.Option("--verbose", "-v", help="Also list everything that passed")
     ] = False,
     root: RootOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Check schemas, manifests, checksums, row counts and lineage; exit 1 listing every fault.
 
@@ -122,14 +132,16 @@ def verify(
 
     ctx = load_run(run, root)
     report = verify_run(ctx)
-    if verbose:
+    if as_json:  # everything: checked, in progress, faults, the live lock's holder
+        emit({"run_id": run, "ok": not report.faults, **plain(report)})
+    elif verbose:
         for item in report.checked:
             echo(f"ok     {item}")
         for item in report.in_progress:
             echo(f"busy   {item} (being written)")
-    for fault in report.faults:
+    for fault in [] if as_json else report.faults:
         echo(f"FAULT  {fault}")
-    if report.holder is not None:
+    if report.holder is not None and not as_json:
         import time
 
         holder = report.holder
@@ -142,11 +154,12 @@ def verify(
         from tpgrpo.errors import DataError
 
         raise DataError(
-            f"run {run}: {len(report.faults)} fault(s), listed above ({len(report.checked)} item(s) passed); "
+            f"run {run}: {len(report.faults)} fault(s), listed {'in the document' if as_json else 'above'} "
+            f"({len(report.checked)} item(s) passed); "
             "rerun the named stages (with --force where a dataset is stale) to repair"
         )
     so_far = " so far" if report.holder is not None else ""
-    echo(f"run {run}: OK{so_far} ({len(report.checked)} datasets and checkpoints verified)")
+    note(f"run {run}: OK{so_far} ({len(report.checked)} datasets and checkpoints verified)", as_json)
 
 
 @app.command("health")

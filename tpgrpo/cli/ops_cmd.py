@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from tpgrpo.cli.common import RootOption, RunOption, echo, load_run
+from tpgrpo.cli.jsonout import JsonOption, emit, plain
+
+if TYPE_CHECKING:
+    from tpgrpo.report.paired import PairedGain
 
 ItersOption = Annotated[
     str | None,
@@ -158,11 +162,13 @@ def evaluate(
     ] = None,
     force: ForceOption = False,
     root: RootOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Evaluate checkpoints: ODE samples of held-out prompts with the EMA weights, scored per task.
 
     With `--baseline K`, every image is sampled from the same noise at each checkpoint, so the gain
     over checkpoint K is a paired difference; its 95 % CI takes prompts as the independent units.
+    `--json`: the evaluations (per-task summaries) and gains as one document on stdout.
     """
     from tpgrpo.cli.console import quiet_expected_failures
     from tpgrpo.flows.evaluate import run_evaluation
@@ -182,6 +188,21 @@ def evaluate(
             force=force,
             baseline=baseline,
         )
+    found = paired_gains(ctx, results, baseline) if baseline is not None else {}
+    if as_json:
+        emit(
+            {
+                "run_id": run,
+                "evaluations": results,
+                "baseline": baseline,
+                "gains": [
+                    {"checkpoint": k, "baseline": baseline, **plain(g), "excludes_zero": g.excludes_zero}
+                    for k, gs in found.items()
+                    for g in gs
+                ],
+            }
+        )
+        return
     for res in results:
         title = (
             f"run {run} checkpoint {res['checkpoint']} ({res['name']}), reward {res['reward_key']}, "
@@ -190,25 +211,31 @@ def evaluate(
         echo(format_eval(title, res["summary"]))
         echo(f"eval: {res['uri']}")
     if baseline is not None:
-        echo(format_gains(ctx, results, baseline))
+        echo(format_gains(found, baseline))
 
 
-def format_gains(ctx: Any, results: list[dict[str, Any]], baseline: int) -> str:
-    """Each evaluated checkpoint's paired gain over the baseline's evaluation, one block each."""
+def paired_gains(ctx: Any, results: list[dict[str, Any]], baseline: int) -> dict[int, list[PairedGain]]:
+    """Each evaluated checkpoint (but the baseline) -> its `PairedGain`s over the baseline's evaluation."""
     from tpgrpo.report.paired import gains, read_eval
 
     by_checkpoint = {res["checkpoint"]: res for res in results}
     base = read_eval(by_checkpoint[baseline]["uri"], ctx.storage_options)
+    return {
+        k: gains(base, read_eval(res["uri"], ctx.storage_options))
+        for k, res in sorted(by_checkpoint.items())
+        if k != baseline
+    }
+
+
+def format_gains(found: dict[int, list[PairedGain]], baseline: int) -> str:
+    """Each checkpoint's paired gain over the baseline, one block each."""
     lines = []
-    for k, res in sorted(by_checkpoint.items()):
-        if k == baseline:
-            continue
-        found = gains(base, read_eval(res["uri"], ctx.storage_options))
+    for k, gains in found.items():
         lines.append(
-            f"paired gain of checkpoint {k} over checkpoint {baseline} ({found[0].images} images, "
-            f"{found[0].prompts} prompts; 95 % CI over prompts):"
+            f"paired gain of checkpoint {k} over checkpoint {baseline} ({gains[0].images} images, "
+            f"{gains[0].prompts} prompts; 95 % CI over prompts):"
         )
-        lines += [f"  {g.describe()}" for g in found]
+        lines += [f"  {g.describe()}" for g in gains]
     return "\n".join(lines) if lines else f"only checkpoint {baseline} was evaluated: no gain to show"
 
 

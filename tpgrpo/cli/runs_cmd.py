@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from tpgrpo.cli.common import RootOption, echo, load_run, resolve_root
+from tpgrpo.cli.jsonout import JsonOption, emit, plain
 
 app = typer.Typer(help="List stored runs, or show one in detail.", no_args_is_help=True)
 
@@ -21,11 +22,11 @@ def _when(stamp: Any) -> str:
 
 
 @app.command("list")
-def list_runs(root: RootOption = None) -> None:
+def list_runs(root: RootOption = None, as_json: JsonOption = False) -> None:
     """One line per run under the root: status, iterations done, last train/eval reward.
 
     A damaged run gets one line saying so and what to do; every other run is still listed, and the
-    exit code is then 1."""
+    exit code is then 1. `--json`: the same as a list of objects (a damaged run has `error`)."""
     from tpgrpo.errors import TpgrpoError
     from tpgrpo.report.runs import run_info
     from tpgrpo.storage import list_runs as stored_runs
@@ -33,42 +34,65 @@ def list_runs(root: RootOption = None) -> None:
 
     base = resolve_root(root)
     check_root(base)  # a root that is a file, or S3 without credentials, is an error, not "no runs"
-    ids = stored_runs(base)
-    if not ids:
-        echo(f"no runs under {base} (start one with: tpgrpo train --root {base})")
-        return
-    header = (
-        f"{'RUN':<20}{'STATUS':<13}{'ITERS':>7}  {'REWARD':<12}{'MODE':<16}{'TRAIN':>10}{'EVAL':>10}"
-        f"  {'MODEL':<24}{'CREATED':<16}"
-    )
-    echo(header.rstrip())
-    damaged = 0
-    for run_id in ids:
+    rows: list[dict[str, Any]] = []
+    for run_id in stored_runs(base):
         try:
             info = run_info(load_run(run_id, base))
         except TpgrpoError as err:  # one unreadable run must not hide the others
-            echo(f"{run_id:<20}{'damaged':<13}{'-':>7}  {err}")
-            damaged += 1
+            rows.append({"run_id": run_id, "status": "damaged", "error": str(err)})
             continue
-        cfg = info.config
         last, ev = info.last, info.last_eval()
-        iters = f"{info.iterations_done}/{cfg.iterations}"
-        echo(
-            f"{run_id:<20}{info.status:<13}{iters:>7}  {info.reward_key:<12}{cfg.reward.mode:<16}"
-            f"{_num(last.reward_final if last else None):>10}"
-            f"{_num(ev.metrics.get('score') if ev else None):>10}"
-            f"  {cfg.model.path[-24:]:<24}{_when(info.created)}"
+        rows.append(
+            {
+                "run_id": run_id,
+                "status": info.status,
+                "iterations_done": info.iterations_done,
+                "iterations": info.config.iterations,
+                "reward_key": info.reward_key,
+                "mode": info.config.reward.mode,
+                "train_reward": last.reward_final if last else None,
+                "eval_score": ev.metrics.get("score") if ev else None,
+                "model": info.config.model.path,
+                "created": info.created,
+            }
         )
-    if damaged:  # every run is listed; the exit code tells a script that some could not be read
+    if as_json:
+        emit({"root": base, "runs": rows})
+    elif not rows:
+        echo(f"no runs under {base} (start one with: tpgrpo train --root {base})")
+    else:
+        echo(_runs_table(rows))
+    if any(r["status"] == "damaged" for r in rows):  # the exit code tells a script some were unreadable
         raise typer.Exit(1)
+
+
+def _runs_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'RUN':<20}{'STATUS':<13}{'ITERS':>7}  {'REWARD':<12}{'MODE':<16}{'TRAIN':>10}{'EVAL':>10}"
+        f"  {'MODEL':<24}{'CREATED':<16}".rstrip()
+    ]
+    for r in rows:
+        if r["status"] == "damaged":
+            lines.append(f"{r['run_id']:<20}{'damaged':<13}{'-':>7}  {r['error']}")
+            continue
+        iters = f"{r['iterations_done']}/{r['iterations']}"
+        lines.append(
+            f"{r['run_id']:<20}{r['status']:<13}{iters:>7}  {r['reward_key']:<12}{r['mode']:<16}"
+            f"{_num(r['train_reward']):>10}{_num(r['eval_score']):>10}"
+            f"  {r['model'][-24:]:<24}{_when(r['created'])}"
+        )
+    return "\n".join(lines)
 
 
 @app.command("show")
 def show(
     run_id: Annotated[str, typer.Argument(help="Run id")],
     root: RootOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """A run in detail: config summary, per-iteration rewards and costs, rescored keys, evaluations."""
+    """A run in detail: config summary, per-iteration rewards and costs, rescored keys, evaluations.
+
+    `--json`: the same with the full config, one object per iteration and per evaluation."""
     from tpgrpo.report.runs import format_windows, run_info, run_windows, stage_reached
     from tpgrpo.storage import read_run_record
 
@@ -79,6 +103,27 @@ def show(
     window = format_windows(run_windows(ctx), cfg)
     groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
     holder = info.holder
+    others = {i: [k for k in keys if k != info.reward_key] for i, keys in info.reward_keys.items()}
+    rescored = {i: keys for i, keys in others.items() if keys}
+    if as_json:
+        emit(
+            {
+                "run_id": info.run_id,
+                "run_dir": ctx.layout.run_dir,
+                "status": info.status,
+                "holder": holder,
+                "iterations_done": info.iterations_done,
+                "created": info.created,
+                "code_version": stored.get("code_version"),
+                "reward_key": info.reward_key,
+                "window": window,
+                "config": cfg,
+                "iterations": [{**plain(r), "reached": stage_reached(r)} for r in info.iterations],
+                "rescored": rescored,
+                "evals": info.evals,
+            }
+        )
+        return
     status = info.status + (f" (pid {holder.get('pid')} on {holder.get('host')})" if holder else "")
     u = cfg.update
     lines = [
@@ -109,8 +154,6 @@ def show(
         )
     if not info.iterations:
         lines.append("   (no iterations yet)")
-    others = {i: [k for k in keys if k != info.reward_key] for i, keys in info.reward_keys.items()}
-    rescored = {i: keys for i, keys in others.items() if keys}
     lines.append("")
     if rescored:
         lines.append("rescored   " + "; ".join(f"iteration {i}: {', '.join(k)}" for i, k in rescored.items()))
@@ -176,3 +219,136 @@ def invalidate(
     for uri in targets:
         echo(f"removed {uri.removeprefix(prefix)}")
     echo(f"run {run_id}: invalidated from iteration {start}; run the same tpgrpo train command to rebuild")
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value, unit = n / 1024, "KB"
+    for bigger in ("MB", "GB", "TB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
+
+
+@app.command("rm")
+def rm(
+    run_id: Annotated[str, typer.Argument(help="Run id")],
+    yes: Annotated[bool, typer.Option("--yes", help="Remove without asking")] = False,
+    root: RootOption = None,
+) -> None:
+    """Delete a run and everything stored for it (datasets, checkpoints, evaluations).
+
+    Refused while the run is being trained or rescored (its lock is live). Asks for confirmation
+    unless --yes; without a terminal to ask on, --yes is required. Also removes the remains of an
+    interrupted `runs rm` (a folder without run.json)."""
+    from tpgrpo.errors import UserError
+    from tpgrpo.storage import RunLayout, list_runs
+    from tpgrpo.storage.access import check_root
+    from tpgrpo.storage.cleanup import remove_run, run_files
+    from tpgrpo.storage.lock import lease_holder
+
+    base = resolve_root(root)
+    check_root(base)
+    layout = RunLayout(base, run_id)
+    stored = run_files(layout)
+    if stored is None:
+        known = ", ".join(list_runs(base)) or "none"
+        raise UserError(f"unknown run {run_id!r} under {base} (runs there: {known})")
+    holder = lease_holder(layout.lock())
+    if holder is not None:
+        raise UserError(
+            f"run {run_id!r} is in use (locked by pid {holder.get('pid')} on {holder.get('host')}); stop "
+            "that train or rescore first, then remove it"
+        )
+    kind = "run" if stored.is_run else "the remains of run"
+    what = f"{kind} {run_id} ({stored.files} files, {_size(stored.bytes)})"
+    if not yes:
+        import sys
+
+        if not sys.stdin.isatty():
+            raise UserError(f"would remove {what} at {layout.run_dir}; pass --yes to remove it")
+        if not typer.confirm(f"remove {what} at {layout.run_dir}?"):
+            echo("nothing removed")
+            raise typer.Exit(1)
+    remove_run(layout)
+    echo(f"removed {what}")
+
+
+@app.command("gc")
+def gc(
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="Only this run [default: every run under the root]")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the debris, remove nothing")] = False,
+    root: RootOption = None,
+) -> None:
+    """Remove the debris of crashed stages: dataset and checkpoint folders without a manifest, and
+    the temp files of interrupted writes. Runs being trained or rescored are skipped (their
+    unfinished outputs are work in progress). The stages redo debris anyway; gc frees its space."""
+    from tpgrpo.errors import RunLockedError, UserError
+    from tpgrpo.storage import RunLayout, list_runs
+    from tpgrpo.storage.access import check_root
+    from tpgrpo.storage.cleanup import collect_debris, find_debris
+    from tpgrpo.storage.lock import lease_holder
+
+    base = resolve_root(root)
+    check_root(base)
+    ids = list_runs(base)
+    if run_id is not None:
+        if run_id not in ids:
+            raise UserError(f"unknown run {run_id!r} under {base} (runs there: {', '.join(ids) or 'none'})")
+        ids = [run_id]
+    total_items = total_bytes = 0
+    busy: list[str] = []
+    for rid in ids:
+        layout = RunLayout(base, rid)
+        if lease_holder(layout.lock()) is not None:
+            busy.append(rid)
+            continue
+        try:
+            debris = find_debris(layout) if dry_run else collect_debris(layout)
+        except RunLockedError:  # a train started after the check above
+            busy.append(rid)
+            continue
+        prefix = layout.run_dir.rstrip("/") + "/"
+        verb = "would remove" if dry_run else "removed"
+        for item in debris:
+            size = f"{item.files} files, {_size(item.bytes)}"
+            echo(f"{verb} {rid}/{item.uri.removeprefix(prefix)} ({item.kind}, {size})")
+        total_items += len(debris)
+        total_bytes += sum(item.bytes for item in debris)
+    verb = "would remove" if dry_run else "removed"
+    echo(f"gc: {verb} {total_items} item(s), {_size(total_bytes)}, from {len(ids) - len(busy)} run(s)")
+    if busy:
+        echo(f"skipped (being trained or rescored): {', '.join(busy)}; run gc again once they stop")
+
+
+@app.command("compare")
+def compare(
+    run_ids: Annotated[list[str], typer.Argument(help="Two or more run ids")],
+    out: Annotated[
+        str | None, typer.Option("--out", help="Output folder [default: ./compare-<first>-<last>]")
+    ] = None,
+    root: RootOption = None,
+) -> None:
+    """Runs side by side: reward, evaluation and turning-point curves overlaid against iterations,
+    model evaluations and wall-clock (PNG, and one self-contained HTML page), and a table of each
+    run's final figures (printed too)."""
+    from tpgrpo.cli.common import check_output_dir
+    from tpgrpo.errors import UserError
+    from tpgrpo.report.compare import compare_runs, format_figures
+
+    if len(run_ids) < 2:
+        raise UserError("runs compare needs two or more run ids, e.g. tpgrpo runs compare demo demo-2")
+    if len(set(run_ids)) != len(run_ids):
+        raise UserError(f"run ids repeat in {' '.join(run_ids)}; name each run once")
+    target = out or f"./compare-{run_ids[0]}-{run_ids[-1]}"
+    check_output_dir(target, "--out")
+    contexts = [load_run(run_id, root) for run_id in run_ids]  # every id checked before any work
+    files, figures = compare_runs(contexts, target)
+    echo(format_figures(figures))
+    for image in files.images:
+        echo(f"png:  {image}")
+    echo(f"html: {files.html}")

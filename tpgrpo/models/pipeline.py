@@ -20,6 +20,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "flux": ("FluxPipeline",),
 }
 
+
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -101,7 +102,10 @@ def load_pipeline(path: str, family: str, dtype: str = "float32", device: str = 
         raise UserError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     check_pipeline_dir(path, family)
     import diffusers
+    import transformers
 
+    diffusers.utils.logging.disable_progress_bar()  # "Loading pipeline components": local files, instant
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights"
     cls = getattr(diffusers, FAMILIES[family][0])
     pipeline = cls.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True)
     pipeline.set_progress_bar_config(disable=True)

@@ -44,7 +44,7 @@ class ReportFiles:
     images: list[Path] = field(default_factory=list)
 
 
-def _minutes(when: datetime | None, start: datetime | None) -> float | None:
+def minutes_since(when: datetime | None, start: datetime | None) -> float | None:
     if when is None or start is None:
         return None
     return (when - start).total_seconds() / 60.0
@@ -69,7 +69,7 @@ def reward_series(ctx: Any, info: RunInfo, key: str, mode: str) -> dict[str, lis
         if ann is None:
             continue
         x_evals = spent_before[rec.iteration] + rec.sampling_evals
-        x_min = _minutes(rec.rewards_created, start)
+        x_min = minutes_since(rec.rewards_created, start)
         for s, metric in ((final, "reward_final_mean"), (initial, "reward_initial_mean")):
             if isinstance(ann.metrics.get(metric), int | float):
                 s.iteration.append(rec.iteration)
@@ -90,7 +90,7 @@ def reward_series(ctx: Any, info: RunInfo, key: str, mode: str) -> dict[str, lis
         )
         s.iteration.append(e.checkpoint)
         s.model_evals.append(spent_before.get(e.checkpoint, total if e.checkpoint > 0 else 0))
-        s.minutes.append(_minutes(ckpt_time.get(e.checkpoint), start))
+        s.minutes.append(minutes_since(ckpt_time.get(e.checkpoint), start))
         s.value.append(float(e.metrics["score"]))
     rows: dict[str, list[Series]] = {key: [s for s in (final, initial) if s.value]}
     for (eval_key, _), s in groups.items():

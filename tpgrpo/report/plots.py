@@ -49,7 +49,9 @@ def _integer_ticks(ax: Any) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def reward_curves(rows: Mapping[str, Sequence[Series]], path: str, title: str) -> None:
+def reward_curves(
+    rows: Mapping[str, Sequence[Series]], path: str, title: str, ylabel: str = "reward ({key})"
+) -> None:
     """Per reward key one row of three panels: reward against iteration, model evaluations, wall-clock.
 
     Args:
@@ -57,6 +59,7 @@ def reward_curves(rows: Mapping[str, Sequence[Series]], path: str, title: str) -
             each key gets its own y axis, since rewards of different models do not share a scale.
         path (`str`): the PNG to write.
         title (`str`): the figure title.
+        ylabel (`str`): the y label, `{key}` replaced by the row's key.
     """
     plt = _pyplot()
     keys = list(rows) or ["reward"]
@@ -74,7 +77,7 @@ def reward_curves(rows: Mapping[str, Sequence[Series]], path: str, title: str) -
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], s.style, label=s.label, markersize=5)
             ax.set_xlabel(xlabel)
-            ax.set_ylabel(f"reward ({key})")
+            ax.set_ylabel(ylabel.format(key=key))
             ax.grid(alpha=0.3)
             if attr == "iteration":
                 xs = [x for s in rows.get(key, []) for x in s.iteration]
