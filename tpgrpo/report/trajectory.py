@@ -98,7 +98,9 @@ def load_trajectory(
         filter=flt,
         storage_options=opts,
     ).sort_by("boundary")
-    if rewards.column("boundary").to_pylist() != list(range(w + 1)):
+    bounds = rewards.column("boundary").to_pylist()
+    final_only = bounds == [w] and not ctx.cfg.branch.completions  # only the final image was scored
+    if bounds != list(range(w + 1)) and not final_only:
         raise DataError(
             f"rewards/{reward_key} of iteration {iteration} hold boundaries "
             f"{rewards.column('boundary').to_pylist()} for trajectory {trajectory_id}, expected 0 … {w}; "
@@ -128,8 +130,8 @@ def load_trajectory(
         seed=int(row["seed"]),
         window_start=int(row["window_start"]),
         window_size=w,
-        rho=[float(v) for v in rewards.column("score").to_pylist()],
-        strict=rewards.column("strict").to_pylist(),
+        rho=[math.nan] * w * final_only + [float(v) for v in rewards.column("score").to_pylist()],
+        strict=[None] * w * final_only + rewards.column("strict").to_pylist(),
         increment=col["increment"],
         aggregated=col["aggregated"],
         turning_point=col["turning_point"],
@@ -197,7 +199,8 @@ def format_trajectory(a: TrajectoryAudit) -> str:
         f"run {a.run_id}  iteration {a.iteration}  trajectory {a.trajectory_id}",
         f"prompt {a.prompt_id}: {a.prompt!r}",
         f"group {a.group_id}  batch {a.batch}  seed {a.seed}  window [{w0}, {w0 + a.window_size})",
-        f"reward {a.reward_key}  mode {a.mode}  trend Δ = rho_W - rho_0 = {a.trend:+.4f}",
+        f"reward {a.reward_key}  mode {a.mode}  trend Δ = rho_W - rho_0 = "
+        + (f"{a.trend:+.4f}" if not math.isnan(a.trend) else "- (only the final image was scored)"),
         "",
         f"{'j':>3}{'grid':>6}{'rho_j':>10}{'d_j':>10}{'r_agg_j':>10}{'tp':>5}{'kept':>6}"
         f"{'step_reward':>13}{'advantage':>11}",
@@ -235,6 +238,11 @@ def trajectory_strip(ctx: Any, a: TrajectoryAudit, *, scale: int = 3) -> Any:
         storage_options=ctx.storage_options,
     ).sort_by("boundary")
     if table.column("boundary").to_pylist() != list(range(a.window_size + 1)):
+        if math.isnan(a.rho[0]):
+            raise UserError(
+                f"run {a.run_id} was trained without completions (branch.completions=false): iteration "
+                f"{a.iteration} holds the final image of trajectory {a.trajectory_id} alone, no strip to draw"
+            )
         raise DataError(
             f"branches of iteration {a.iteration} lack images of trajectory {a.trajectory_id}; "
             "rerun the branch stage with --force"
