@@ -12,12 +12,16 @@
 # TORCH_VERSION   torch is pinned, as in pyproject.toml and the Makefile.
 # TORCH_INDEX_URL where torch comes from; empty: the default index (CUDA-enabled wheels on Linux).
 # EXTRAS          optional dependency groups of the package (ocr: pytesseract; dask: prefect-dask).
+# TPGRPO_COMMIT   the git commit the image is built from (the build context has no .git): recorded
+#                 in every manifest's code version. docker-compose passes $TPGRPO_COMMIT; set it with
+#                 TPGRPO_COMMIT=$(git rev-parse --short=12 HEAD) docker compose build
 ARG BASE_IMAGE=python:3.12-slim-bookworm
 FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=
 ARG EXTRAS=ocr,dask
+ARG TPGRPO_COMMIT=
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -52,8 +56,10 @@ RUN set -eux; \
 WORKDIR /opt/tpgrpo
 COPY . /opt/tpgrpo
 RUN set -eux; \
+    if [ -n "$TPGRPO_COMMIT" ]; then printf '%s\n' "$TPGRPO_COMMIT" > /opt/tpgrpo/tpgrpo/BUILD_COMMIT; fi; \
     pip install "/opt/tpgrpo[${EXTRAS}]" "torch==${TORCH_VERSION}"; \
-    tpgrpo --help >/dev/null
+    tpgrpo --help >/dev/null; \
+    tpgrpo --version
 
 # Non-root user; runs, caches and Prefect's home are its own.
 RUN set -eux; \

@@ -222,3 +222,14 @@ def test_explicit_window_under_the_floor_is_a_config_error(tmp_path: Path) -> No
     (problem,) = window_check(bad)
     assert "step 8" in problem and "std 0.0080" in problem and "window_size to null" in problem
     assert window_check(cfg) == []
+
+
+def test_tiny_pref_is_tiny_with_the_dense_reward() -> None:
+    """tiny_pref.yaml repeats tiny.yaml's keys; only its name and reward may differ (no drift)."""
+    tiny = load_config(CONFIGS / "tiny.yaml").model_dump()
+    pref = load_config(CONFIGS / "tiny_pref.yaml").model_dump()
+    assert (pref["name"], pref["reward"]["spec"]) == ("tiny_pref", "shapes_pref")
+    for cfg in (tiny, pref):
+        cfg.pop("name")
+        cfg["reward"].pop("spec")
+    assert pref == tiny

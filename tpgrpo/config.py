@@ -245,6 +245,18 @@ class FlowConfig(_Strict):
     io_retries: Int = Field(2, ge=0, le=100)
 
 
+class TrackingConfig(_Strict):
+    """Experiment tracking (optional; `pip install 'tpgrpo[tracking]'`). No part of a run's identity:
+    turning it on for a stored run resumes it as before."""
+
+    tensorboard: bool = Field(False, description="write TensorBoard event files")
+    tensorboard_dir: Text | None = Field(
+        None, description="their folder; null: <run>/tensorboard (local runs), ./tensorboard/<run> (S3)"
+    )
+    mlflow_uri: Text | None = Field(None, description="MLflow tracking URI (http://…, file:…); null: off")
+    mlflow_experiment: Text | None = Field(None, description="MLflow experiment; null: the config's name")
+
+
 class Config(_Strict):
     name: str = Field("tiny", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     seed: Int = Field(0, ge=0, le=2**63 - 1)
@@ -258,6 +270,7 @@ class Config(_Strict):
     update: UpdateConfig = UpdateConfig()
     storage: StorageConfig = StorageConfig()
     flow: FlowConfig = FlowConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     def problems(self) -> list[str]:
         """Cross-field checks pydantic cannot express per field (batch arithmetic, the window)."""
@@ -353,6 +366,7 @@ class Config(_Strict):
             del storage["s3"]
         if "storage" in data and not storage:
             del data["storage"]
+        data.pop("tracking", None)  # where metrics are sent is no part of what the run computes
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def storage_options(self) -> dict[str, Any]:

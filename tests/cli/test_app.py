@@ -9,10 +9,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from tpgrpo.cli.app import app
+from tpgrpo.rewards.wire import encode_image
+from tpgrpo.world.scenes import sample_batch
 
 runner = CliRunner()
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
@@ -96,16 +99,17 @@ def test_bad_arguments_exit_2_with_one_message(args: list[str], needle: str, tmp
     assert not (tmp_path / "runs").exists()
 
 
-def test_serve_reward_answers_health_and_score() -> None:
+@pytest.mark.parametrize("reward", ["shapes", "shapes_pref"])
+def test_serve_reward_answers_health_and_score(reward: str) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tpgrpo.cli.app", "serve-reward", "shapes", "--port", "0"],
+        [sys.executable, "-m", "tpgrpo.cli.app", "serve-reward", reward, "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
-        assert "serving reward 'shapes'" in line and "127.0.0.1" in line
+        assert f"serving reward '{reward}'" in line and "127.0.0.1" in line
         url = line.rsplit(" at ", 1)[1].strip()
         deadline = time.time() + 30
         while True:
@@ -116,7 +120,12 @@ def test_serve_reward_answers_health_and_score() -> None:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.2)
-        assert health["key"] == "shapes"
+        assert health["key"] == reward
+        images, prompts = sample_batch(np.random.default_rng(0), 2)
+        body = json.dumps({"prompts": prompts, "images": [encode_image(im) for im in images]}).encode()
+        request = urllib.request.Request(f"{url}/score", body, {"Content-Type": "application/json"})
+        scores = json.loads(urllib.request.urlopen(request, timeout=30).read())
+        assert scores["key"] == reward and scores["scores"] == pytest.approx([1.0, 1.0])  # ground truth
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -148,3 +157,30 @@ def test_audit_help_lists_health() -> None:
         assert command in out.output
     out = runner.invoke(app, ["audit", "health", "--help"])
     assert out.exit_code == 0 and "--strict" in out.output and "squared gradient" in out.output
+
+
+def test_pretrain_never_writes_into_the_installed_package_by_default() -> None:
+    import tpgrpo
+    from tpgrpo.cli.pretrain_cmd import DEFAULT_OUT
+
+    package = Path(tpgrpo.__file__).resolve().parent
+    assert package not in Path(DEFAULT_OUT).resolve().parents
+
+
+def test_prefect_home_is_created_with_its_parents_or_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Prefect creates only the last level of PREFECT_HOME; a missing parent made its temporary
+    server fail to start after a 2-minute wait. The CLI creates the parents, or says why it cannot."""
+    from tpgrpo.cli.app import prefect_environment
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "a" / "b" / ".prefect"))
+    prefect_environment()
+    assert (tmp_path / "a" / "b" / ".prefect").is_dir()
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "file" / ".prefect"))
+    with pytest.raises(SystemExit) as exit_info:
+        prefect_environment()
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: cannot create PREFECT_HOME") and "writable folder" in error

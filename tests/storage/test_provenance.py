@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +30,24 @@ def test_config_hash_refuses_non_json() -> None:
 def test_code_version_starts_with_package_version() -> None:
     version = code_version()
     assert re.fullmatch(re.escape(tpgrpo.__version__) + r"(\+g[0-9a-f]{12}(\.dirty)?)?", version)
+
+
+def test_code_version_of_an_image_build_without_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside a checkout (an installed image has no .git), the commit comes from BUILD_COMMIT."""
+    from tpgrpo.storage import provenance
+
+    package = tmp_path / "tpgrpo"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    monkeypatch.setattr(tpgrpo, "__file__", str(package / "__init__.py"))  # no git repository here
+    provenance.code_version.cache_clear()
+    try:
+        assert provenance.code_version() == tpgrpo.__version__
+        (package / "BUILD_COMMIT").write_text("1a2b3c4d5e6f\n")
+        provenance.code_version.cache_clear()
+        assert provenance.code_version() == f"{tpgrpo.__version__}+g1a2b3c4d5e6f"
+        (package / "BUILD_COMMIT").write_text("not a commit; rm -rf /\n")
+        provenance.code_version.cache_clear()
+        assert provenance.code_version() == tpgrpo.__version__
+    finally:
+        provenance.code_version.cache_clear()

@@ -26,6 +26,7 @@ from tpgrpo.cli import (
     report_cmd,
     runs_cmd,
     serve_cmd,
+    track_cmd,
     train_cmd,
 )
 from tpgrpo.cli.console import VERBOSE_ENV, verbose
@@ -49,6 +50,7 @@ app.add_typer(export_cmd.app, name="export")
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(audit_cmd.app, name="audit")
 app.command("report")(report_cmd.report)
+app.command("track")(track_cmd.track)
 app.command("serve-reward")(serve_cmd.serve_reward)
 
 
@@ -58,6 +60,12 @@ def prefect_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    home = Path(os.environ["PREFECT_HOME"]).expanduser()
+    try:  # Prefect makes only the last level; a missing parent cost a 2-minute server timeout
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        message = f"cannot create PREFECT_HOME {str(home)!r} ({err.strerror})"
+        _fail(f"{message}; point PREFECT_HOME at a writable folder", 2)
 
 
 def _version(value: bool) -> None:

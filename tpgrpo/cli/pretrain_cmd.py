@@ -13,12 +13,18 @@ from tpgrpo.cli.ops_cmd import format_eval
 
 app = typer.Typer(help="Pretrain the embedded tiny SD3 checkpoint and measure it.", no_args_is_help=True)
 
-DEFAULT_OUT = str(Path(__file__).resolve().parents[1] / "world" / "checkpoint")
+DEFAULT_OUT = "./pretrain-work/checkpoint"  # never into the installed package
 
 
 @app.command("run")
 def run(
-    out: Annotated[str, typer.Option(help="Where to save the pipeline (save_pretrained)")] = DEFAULT_OUT,
+    out: Annotated[
+        str,
+        typer.Option(
+            help="Where to save the pipeline (save_pretrained); to replace the embedded checkpoint of a "
+            "source checkout, tpgrpo/world/checkpoint"
+        ),
+    ] = DEFAULT_OUT,
     work: Annotated[str, typer.Option(help="State folder for resuming")] = "./pretrain-work",
     seed: Annotated[int, typer.Option(help="Seed of initialisation, data and noise")] = 0,
     steps: Annotated[int, typer.Option(min=1, help="Transformer steps (batch 64)")] = 8000,
@@ -30,7 +36,7 @@ def run(
 
     cfg = PretrainConfig(seed=seed, steps=steps, vae_steps=vae_steps)
     record = pretrain_flow(out, work, cfg)
-    echo(f"saved the pretrained pipeline to {out}")
+    echo(f"saved the pretrained pipeline to {out} (train on it with --set model.path={out})")
     echo(json.dumps(record["vae_latents"]))
 
 

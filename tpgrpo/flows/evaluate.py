@@ -14,6 +14,7 @@ can score finished checkpoints while training goes on.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from prefect import flow, task
@@ -24,6 +25,7 @@ from tpgrpo.flows.rescore import TASK_OPTIONS
 from tpgrpo.flows.steps import RunContext
 from tpgrpo.storage import finalize_dataset, prepare_output, read_manifest, read_table
 from tpgrpo.storage.provenance import canonical_json, config_hash, sha256_hex
+from tpgrpo.tracking import run_tracker
 
 
 def _log(message: str) -> None:
@@ -322,9 +324,17 @@ def run_evaluation(
     problems = check_prompts_for_reward(rows, spec)
     if problems:
         raise ConfigError(problems)
+    tracker = run_tracker(ctx)  # before sampling: a missing tracking package is a config error
     result: list[dict[str, Any]] = evaluate_flow(
         ctx, checkpoints, spec, n_steps, prompts, per_task, replicates, force
     )
+    if tracker is not None:
+        try:
+            tracker.log_evals()
+        except Exception as err:  # the evaluation is stored; tracking can catch up later
+            print(f"tracking the evaluation failed ({err}); send it later with tpgrpo track", file=sys.stderr)
+        finally:
+            tracker.close()
     return result
 
 

@@ -25,6 +25,7 @@ from tpgrpo.flows.runner import task_runner_for
 from tpgrpo.flows.steps import Plan, RunContext
 from tpgrpo.storage import drop_latents
 from tpgrpo.storage.lock import run_lock
+from tpgrpo.tracking import Tracker, run_tracker
 
 
 def retry_on_io(task: Any, task_run: Any, state: Any) -> bool:
@@ -105,6 +106,27 @@ def sharded_stage(ctx: RunContext, stage: str, iteration: int) -> None:
 def train_iterations(ctx: RunContext, iterations: int) -> dict[str, Any]:
     """The body of the flow: init, then every unfinished stage of iterations 0 … N-1."""
     retries = ctx.cfg.flow.io_retries
+    tracker = run_tracker(ctx)  # before any work: a missing tracking package is a config error
+    try:
+        return _iterations(ctx, iterations, retries, tracker)
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+
+def _track(tracker: Tracker | None, iteration: int) -> None:
+    """Send a finished iteration (and new evaluations) to the trackers; their failure never stops
+    training (`tpgrpo track` sends what was missed)."""
+    if tracker is None:
+        return
+    try:
+        tracker.log_iterations([iteration])
+        tracker.log_evals()
+    except Exception as err:  # a tracking server down must not cost the run
+        _log(f"tracking iteration {iteration} failed ({err}); send it later with tpgrpo track --run RUN")
+
+
+def _iterations(ctx: RunContext, iterations: int, retries: int, tracker: Tracker | None) -> dict[str, Any]:
     # every task goes through the task runner (.submit), so on a Dask cluster the model work runs
     # on the workers (GPUs), not in the flow's process
     init_task.with_options(retries=retries).submit(ctx).result()
@@ -126,6 +148,7 @@ def train_iterations(ctx: RunContext, iterations: int) -> dict[str, Any]:
         timings[f"it{i}.update"] = time.perf_counter() - started
         if ctx.cfg.storage.keep_latents is not None:
             drop_latents(ctx.layout, ctx.cfg.storage.keep_latents)
+        _track(tracker, i)
     return {"run_dir": ctx.layout.run_dir, "iterations": iterations, "timings": timings}
 
 

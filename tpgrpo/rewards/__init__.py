@@ -50,6 +50,7 @@ def resolve(factory: Callable[..., Reward]) -> Callable[..., Reward]:
 
 REWARDS: dict[str, Callable[..., Reward]] = {
     "shapes": lazy("tpgrpo.rewards.shapes:ShapesReward"),
+    "shapes_pref": lazy("tpgrpo.rewards.shapes_pref:ShapesPrefReward"),
     "pickscore": lazy("tpgrpo.rewards.clip:pickscore"),
     "clipscore": lazy("tpgrpo.rewards.clip:clipscore"),
     "ocr": lazy("tpgrpo.rewards.ocr:OcrReward"),

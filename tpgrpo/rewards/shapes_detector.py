@@ -175,7 +175,53 @@ def quality(images: np.ndarray) -> dict[str, np.ndarray]:
     return detect(images).quality()
 
 
-def _detect_chunk(images: np.ndarray) -> Detections:
+@dataclass(frozen=True)
+class Segmentation:
+    """The detector's intermediate results for one chunk of `n` images of `H × W` pixels, for
+    rewards that measure more than `Detections` holds (`tpgrpo.rewards.shapes_pref`).
+
+    Args:
+        images (`np.ndarray` uint8 `[n, H, W, 3]`): the chunk.
+        cls (`np.ndarray` uint8 `[n, H, W]`): pixel classes (`classify_pixels`).
+        pixels (`np.ndarray` int64 `[P]`): flat indices into `[n * H * W]` of the coloured pixels.
+        labels (`np.ndarray` int64 `[P]`): their component labels (1..L).
+        candidates (`np.ndarray` int64 `[M]`): labels of the components of at least
+            `MIN_OBJECT_AREA` (recognised objects and blobs), ascending.
+        image, color, shape (`np.ndarray` int64 `[M]`): image, colour and shape (-1: blob) of each.
+        area (`np.ndarray` float64 `[M]`): pixels, in the 64×64 frame.
+        centroid (`np.ndarray` float64 `[M, 2]`): `(x, y)` in the 64×64 frame.
+        fill, offset, aspect (`np.ndarray` float64 `[M]`): the box features of `shape_of`.
+        side (`np.ndarray` float64 `[M]`): the longer box side, in pixels of the 64×64 frame.
+        outside (`np.ndarray` bool `[n, H, W]`): pixels outside the recognised objects grown by a
+            one-pixel rim (where the quality figures are measured).
+    """
+
+    images: np.ndarray
+    cls: np.ndarray
+    pixels: np.ndarray
+    labels: np.ndarray
+    candidates: np.ndarray
+    image: np.ndarray
+    color: np.ndarray
+    shape: np.ndarray
+    area: np.ndarray
+    centroid: np.ndarray
+    fill: np.ndarray
+    offset: np.ndarray
+    aspect: np.ndarray
+    side: np.ndarray
+    outside: np.ndarray
+
+
+def segment(images: np.ndarray) -> Segmentation:
+    """Steps 1–3 of the module docstring and the quality mask of step 4, for one chunk.
+
+    Args:
+        images (`np.ndarray` uint8 `[n, H, W, 3]`): at most `CHUNK` images (memory grows with n).
+
+    Returns:
+        `Segmentation`.
+    """
     n, h, w, _ = images.shape
     k = len(COLORS)
     px_per_unit = (h * w) / _CANVAS**2  # image pixels per pixel of the 64×64 frame
@@ -197,15 +243,39 @@ def _detect_chunk(images: np.ndarray) -> Detections:
     bw, bh = size[big, 0], size[big, 1]  # [M], [M] box width and height
     fill = area[big] / (bw * bh)  # [M]
     offset = (centroid_px[big, 1] - (corner[big, 1] + bh / 2)) / bh  # [M] centroid below box centre
-    shape = shape_of(fill, offset, np.maximum(bw, bh) / np.minimum(bw, bh))  # [M]
+    aspect = np.maximum(bw, bh) / np.minimum(bw, bh)  # [M]
+    shape = shape_of(fill, offset, aspect)  # [M]
     centroid = centroid_px[big] * np.array([_CANVAS / w, _CANVAS / h])  # [M, 2] in the 64-px frame
 
-    # quality: everything outside the objects grown by a one-pixel rim
+    # quality mask: everything outside the objects grown by a one-pixel rim
     is_obj = np.zeros(n_lab + 1, dtype=bool)
     is_obj[big[shape >= 0]] = True
     obj = np.zeros(n * h * w, dtype=bool)
     obj[nz_img[is_obj[lab_nz]]] = True
-    outside = ~_dilate(obj.reshape(n, h, w))  # [n, H, W]
+    return Segmentation(
+        images=images,
+        cls=cls,
+        pixels=nz_img,
+        labels=lab_nz,
+        candidates=big,
+        image=plane[big] // k,
+        color=plane[big] % k,
+        shape=shape.astype(np.int64),
+        area=area[big] / px_per_unit,
+        centroid=centroid.reshape(-1, 2),
+        fill=fill.astype(np.float64),
+        offset=offset.astype(np.float64),
+        aspect=aspect.astype(np.float64),
+        side=np.maximum(bw * (_CANVAS / w), bh * (_CANVAS / h)),
+        outside=~_dilate(obj.reshape(n, h, w)),
+    )
+
+
+def detections_of(seg: Segmentation) -> Detections:
+    """The `Detections` of one chunk's segmentation (step 4's quality figures measured here)."""
+    images, cls, outside = seg.images, seg.cls, seg.outside
+    n, h, w, _ = images.shape
+    min_area = MIN_OBJECT_AREA * (h * w) / _CANVAS**2
     dev = _ABS_DEV[0][images[..., 0]] + _ABS_DEV[1][images[..., 1]] + _ABS_DEV[2][images[..., 2]]  # [n, H, W]
     dev[~outside] = 0
     n_out = np.count_nonzero(outside, axis=(1, 2))  # [n]
@@ -213,19 +283,22 @@ def _detect_chunk(images: np.ndarray) -> Detections:
     stray = outside & (cls != BG_CLASS)  # [n, H, W]
     stray_frac = np.count_nonzero(stray, axis=(1, 2)) / (h * w)
     specks = _count_small_components(stray, min_area)
-
     return Detections(
         n_images=n,
-        image=plane[big] // k,
-        color=plane[big] % k,
-        shape=shape.astype(np.int64),
-        area=area[big] / px_per_unit,
-        centroid=centroid,
-        fill=fill,
+        image=seg.image,
+        color=seg.color,
+        shape=seg.shape,
+        area=seg.area,
+        centroid=seg.centroid,
+        fill=seg.fill,
         background_dev=background_dev.astype(np.float64),
         stray_frac=stray_frac.astype(np.float64),
         specks=specks,
     )
+
+
+def _detect_chunk(images: np.ndarray) -> Detections:
+    return detections_of(segment(images))
 
 
 def _label_stats(

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import subprocess
 from collections.abc import Mapping
 from typing import Any
@@ -50,16 +51,32 @@ def _git(*args: str) -> str | None:
     return result.stdout.strip()
 
 
+BUILD_COMMIT = "BUILD_COMMIT"
+"""A file in the installed package naming the commit it was built from (the Dockerfile writes it)."""
+
+
+def _build_commit() -> str | None:
+    path = os.path.join(os.path.dirname(os.path.abspath(tpgrpo.__file__)), BUILD_COMMIT)
+    try:
+        with open(path) as f:
+            commit = f.read().strip()
+    except OSError:
+        return None
+    return commit if re.fullmatch(r"[0-9a-f]{7,40}", commit) else None
+
+
 @functools.cache
 def code_version() -> str:
-    """The package version plus the git commit when running from a checkout.
+    """The package version plus the git commit: from the checkout when running from one, else from
+    the `BUILD_COMMIT` file an image build wrote into the package.
 
     Returns:
-        `str`: e.g. `"0.1.0+g1a2b3c4d5e6f"`, with `".dirty"` when tracked files are modified, or just
-        `"0.1.0"` outside a git checkout.
+        `str`: e.g. `"0.1.0+g1a2b3c4d5e6f"`, with `".dirty"` when tracked files of the checkout are
+        modified, or just `"0.1.0"` outside a checkout with no build commit.
     """
     commit = _git("rev-parse", "--short=12", "HEAD")
     if not commit:
-        return tpgrpo.__version__
+        built = _build_commit()
+        return f"{tpgrpo.__version__}+g{built}" if built else tpgrpo.__version__
     dirty = _git("status", "--porcelain", "--untracked-files=no")
     return f"{tpgrpo.__version__}+g{commit}{'.dirty' if dirty else ''}"
