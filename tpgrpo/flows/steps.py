@@ -21,6 +21,7 @@ from tpgrpo.config import Config, ModelConfig
 from tpgrpo.errors import ConfigError, DataError, UserError
 from tpgrpo.schemas.updates import BY_STEP
 from tpgrpo.stages import annotate, branch, rollout, score, update
+from tpgrpo.stages.annotate import stored_reward_keys
 from tpgrpo.stages.checkpoints import initial_state, load_adapter, load_checkpoint, write_checkpoint
 from tpgrpo.stages.common import (
     annotate_config_hash,
@@ -232,6 +233,11 @@ def plan(
         inputs = {
             "rewards": _hash(ctx, layout.rewards(iteration, key)),
             "rollouts": _hash(ctx, layout.rollouts(iteration)),
+            # the stored rewards advantage.weights combines (none by default)
+            **{
+                f"rewards/{k}": _hash(ctx, layout.rewards(iteration, k))
+                for k in stored_reward_keys(cfg.advantage)
+            },
         }
         out = layout.annotations(iteration, key, mode)
         return Plan(stage, iteration, out, "annotations", inputs, annotate_config_hash(cfg, mode))
@@ -489,6 +495,7 @@ def annotate_step(
         rollouts_uri=ctx.layout.rollouts(iteration),
         output=p.output,
         storage_options=ctx.storage_options,
+        stored_uris={k: ctx.layout.rewards(iteration, k) for k in stored_reward_keys(ctx.cfg.advantage)},
     )
     seconds = summary.pop("seconds")
     manifest = finalize_dataset(

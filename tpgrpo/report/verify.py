@@ -207,6 +207,7 @@ class _Verifier:
     # --- the run ------------------------------------------------------------------------------------
 
     def run(self) -> VerifyReport:
+        from tpgrpo.stages.annotate import stored_reward_keys
         from tpgrpo.stages.common import annotate_config_hash, score_config_hash, stage_config_hash
 
         layout, cfg = self.ctx.layout, self.ctx.cfg
@@ -238,12 +239,14 @@ class _Verifier:
             if i in iterations and self.status(rollouts) == "missing" and not self.live:
                 self.fault(rollouts, "missing although the iteration directory exists")
             w = self.window_size(rollouts)
+            # one image per window boundary, or the final image alone without completions
+            boundaries = (w + 1 if cfg.branch.completions else 1) if w is not None else None
             self.dataset(
                 branches,
                 "branches",
                 {"rollouts": rollouts},
                 stage_config_hash(cfg, "branch"),
-                rows=n * (w + 1) if w is not None else None,
+                rows=n * boundaries if boundaries is not None else None,
             )
             for key in layout.list_rewards(i):
                 spec_hash = score_config_hash(cfg.reward.spec) if key == self.reward_key else None
@@ -253,13 +256,15 @@ class _Verifier:
                     "rewards",
                     {"branches": branches},
                     spec_hash,
-                    rows=n * (w + 1) if w is not None else None,
+                    rows=n * boundaries if boundaries is not None else None,
                 )
+                # the stored rewards advantage.weights combines are inputs of every annotation
+                combined = {f"rewards/{k}": layout.rewards(i, k) for k in stored_reward_keys(cfg.advantage)}
                 for mode in layout.list_annotations(i, key):
                     self.dataset(
                         layout.annotations(i, key, mode),
                         "annotations",
-                        {"rewards": rewards, "rollouts": rollouts},
+                        {"rewards": rewards, "rollouts": rollouts, **combined},
                         annotate_config_hash(cfg, mode),
                         rows=n * w if w is not None else None,
                     )
