@@ -210,9 +210,11 @@ def test_per_step_diagnostics(make_cfg: Any, policy: Any, tmp_path: Path) -> Non
 
 def test_per_step_clip_fraction(make_cfg: Any, policy: Any, tmp_path: Path) -> None:
     """A second optimizer step over other trajectories of the same iteration sees moved weights: its
-    ratios are off 1 by more than ε = 1e-9 at every step (advantage or not); the row's overall clip
-    fraction is the transition-weighted mean of the per-step ones (equal counts here)."""
-    cfg = make_cfg(update__optimizer_steps=2, update__clip_range=1e-9, update__lr=1e-3, sampling__num_steps=5)
+    ratios are off 1 by more than ε = 1e-5 at every step (advantage or not), while the first step's
+    are 1 up to float noise (~1e-7: the update recomputes log-probs in other batch shapes than the
+    rollout, so GEMM blocking differs); the row's overall clip fraction is the transition-weighted
+    mean of the per-step ones (equal counts here)."""
+    cfg = make_cfg(update__optimizer_steps=2, update__clip_range=1e-5, update__lr=1e-3, sampling__num_steps=5)
     roll = _run(cfg, policy, tmp_path, "roll")
     n, w = roll.num_rows, roll.column("window_size")[0].as_py()
     adv = np.where(np.arange(n)[:, None] % 2 == 0, 1.0, -1.0) * np.ones((1, w))
