@@ -22,6 +22,7 @@ Configurations (`--configs`, default: the four modes and `flow_grpo_fast`):
 | incremental, tp, tp_constrained | step-level rewards from ODE completions |
 | flow_grpo_fast | flow_grpo on the first 3 steps only (the SDE window where composition is decided) |
 | <mode>_kl | each mode with a small KL to the base (β = 0.01); only when named in `--configs` |
+| dance | DanceGRPO (configs/dance_tiny.yaml): η = 0.3, 60 % of steps, shared noise; when named |
 
 Runs are resumable: each is a tpgrpo run under `--root`, its per-iteration timings and
 turning-point counts by step in `bench.json` beside it, its evaluation cached beside that; rerunning
@@ -56,10 +57,20 @@ BASE_CONFIGS: dict[str, list[str]] = {
 # Overrides every configuration shares. None since tiny.yaml carries the measured recipe (lr 1e-3
 # and the rest, bench/recipe.py); the 2026-12-03 benchmark set lr 1e-3 here over tiny's old 3e-4.
 COMMON: list[str] = []
+# DanceGRPO on the same protocol: what configs/dance_tiny.yaml changes from tiny.yaml
+# (tests/bench/test_learning.py checks the two agree)
+DANCE = [
+    *BASE_CONFIGS["flow_grpo"],
+    "sampling.sampler=dance",
+    "sampling.noise_level=0.3",
+    "update.timestep_fraction=0.6",
+    "rollout.same_noise_per_group=true",
+]
 CONFIGS: dict[str, list[str]] = {
     **BASE_CONFIGS,
     "flow_grpo_fast": [*BASE_CONFIGS["flow_grpo"], "sampling.window_size=3"],
     **{f"{mode}_kl": [*sets, "update.kl_beta=0.01"] for mode, sets in BASE_CONFIGS.items()},
+    "dance": DANCE,
 }
 DEFAULT_CONFIGS = [*MODES, "flow_grpo_fast"]  # the four modes and the early-window control
 

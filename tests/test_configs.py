@@ -178,9 +178,39 @@ def test_window_on_the_grid(path: Path, tmp_path: Path) -> None:
     comment = re.search(r"window_size: null +# SPEC §2 floor: W = (\d+)", path.read_text())
     assert comment is not None, "the window_size comment must state the default W"
     assert window.size == int(comment.group(1))
-    # SD3 / SD3.5-M (shift 3, T = 10): 8 steps, step 8 (σ .278 → .0089) has std .008; FLUX.1-dev at
-    # 512 px: σ_9 = .1726, so step 8 has std .154 and the window is every step but the last, 9
-    assert (window.start, window.size) == (0, 8 if cfg.model.family == "sd3" else 9)
+    # cps, a = 0.7 on SD3 / SD3.5-M (shift 3, T = 10): 8 steps, step 8 (σ .278 → .0089) has std .008;
+    # FLUX.1-dev at 512 px: σ_9 = .1726, so step 8 has std .154 and the window is every step but the
+    # last, 9. dance (η·sqrt(σ − σ')) on SD3's grid: step 8 has std .3·sqrt(.269) = .156, W = 9
+    expected = 8 if cfg.model.family == "sd3" and cfg.sampling.sampler == "cps" else 9
+    assert (window.start, window.size) == (0, expected)
+
+
+def test_dance_config_carries_dancegrpo_choices() -> None:
+    """configs/dance_tiny.yaml: DanceGRPO's sampler, η, step fraction and shared noise on tiny's
+    settings otherwise (so a comparison changes only what DanceGRPO changes)."""
+    cfg = load_config(CONFIGS / "dance_tiny.yaml")
+    tiny = load_config(CONFIGS / "tiny.yaml")
+    assert (cfg.sampling.sampler, cfg.sampling.noise_level) == ("dance", 0.3)
+    assert cfg.update.timestep_fraction == 0.6 and cfg.rollout.same_noise_per_group
+    assert (cfg.reward.mode, cfg.branch.completions) == ("flow_grpo", False)
+    assert (cfg.update.clip_range, cfg.advantage.clip, cfg.update.grad_clip) == (1e-4, 5.0, 1.0)
+    differ = {
+        f"{section}.{key}"
+        for section in ("model", "sampling", "rollout", "branch", "reward", "advantage", "update")
+        for key, value in getattr(cfg, section)
+        if getattr(getattr(tiny, section), key) != value
+    }
+    assert differ == {
+        "sampling.sampler",
+        "sampling.noise_level",
+        "rollout.same_noise_per_group",
+        "branch.completions",
+        "reward.mode",
+        "update.timestep_fraction",
+    }
+    assert set(_keys(yaml.safe_load((CONFIGS / "tiny.yaml").read_text()))) <= set(
+        _keys(yaml.safe_load((CONFIGS / "dance_tiny.yaml").read_text()))
+    )
 
 
 def test_explicit_window_under_the_floor_is_a_config_error(tmp_path: Path) -> None:

@@ -96,8 +96,10 @@ class SamplingConfig(_Strict):
     num_steps: Int = Field(10, ge=2, le=1000, description="T, steps of the training rollouts")
     eval_steps: Int = Field(40, ge=1, le=1000, description="ODE steps of evaluation")
     guidance_scale: Float = Field(4.5, ge=0.0, le=100.0)
-    sampler: Literal["sde", "cps"] = "cps"
-    noise_level: Float = Field(0.7, gt=0.0, le=1.0, description="a of SPEC §2")
+    sampler: Literal["sde", "cps", "dance"] = Field(
+        "cps", description="cps, sde (Flow-GRPO) or dance (DanceGRPO's SDE step, constant diffusion η)"
+    )
+    noise_level: Float = Field(0.7, gt=0.0, le=1.0, description="a of SPEC §2 (η for dance)")
     window_start: Int = Field(0, ge=0, le=1000, description="w0, the first trained grid step")
     window_size: Int | None = Field(
         None,
@@ -124,6 +126,11 @@ class RolloutConfig(_Strict):
     group_size: Int = Field(8, ge=2, le=1024, description="G, trajectories per prompt")
     shards: Int = Field(
         1, ge=1, le=1024, description="GPU stages split over prompt groups into this many shards"
+    )
+    same_noise_per_group: Bool = Field(
+        False,
+        description="every trajectory of a prompt group starts from the same initial noise s_0 (that of "
+        "the group's first trajectory; DanceGRPO's init_same_noise); the step noise stays per trajectory",
     )
 
     @property
@@ -174,6 +181,26 @@ class AdvantageConfig(_Strict):
     std_scope: Literal["group", "batch"] = "group"
     clip: Float = Field(5.0, gt=0.0, le=1e6)
     skip_zero: Bool = Field(True, description="skip trajectories whose advantages are all zero")
+    aggregate: Literal["reward", "advantage"] = Field(
+        "reward",
+        description="several rewards (a weighted reward's components, or advantage.weights): reward = "
+        "normalise the weighted sum of rewards (Flow-GRPO); advantage = normalise each reward in its "
+        "group, then the weighted sum of advantages (DanceGRPO, MixGRPO, GDPO)",
+    )
+    weights: dict[Text, Float] | None = Field(
+        None,
+        min_length=1,
+        description="{reward key: weight}: combine these stored rewards (rewards/<key> of each "
+        "iteration, e.g. written by tpgrpo rescore) instead of the annotated reward alone; null: the "
+        "annotated reward (a weighted reward's components with its own weights)",
+    )
+    best_of_n: Int | None = Field(
+        None,
+        ge=2,
+        le=1024,
+        description="train only the n/2 best and n/2 worst trajectories of each group (by final reward, "
+        "or aggregated final advantage), the others get advantage 0; even, at most rollout.group_size",
+    )
 
 
 class UpdateConfig(_Strict):
@@ -188,6 +215,14 @@ class UpdateConfig(_Strict):
         2, ge=1, le=MAX_TRAJECTORIES, description="optimizer steps per iteration (per epoch)"
     )
     epochs: Int = Field(1, ge=1, le=1000, description="passes over an iteration's samples")
+    timestep_fraction: Float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="each trajectory trains floor(W × fraction) of the window's W steps per epoch, a "
+        "random subset seeded by (seed, iteration, epoch, trajectory); the loss is the mean over the "
+        "trained transitions. 1: every step. DanceGRPO: 0.6",
+    )
     micro_batch: Int = Field(32, ge=1, le=65_536, description="transitions per forward/backward")
     gradient_checkpointing: Bool = Field(
         False,
@@ -308,6 +343,20 @@ class Config(_Strict):
             out.append(
                 f"update.ddp_procs={self.update.ddp_procs} needs model.device 'cuda', not "
                 f"{self.model.device!r}: each torchrun process takes the GPU of its local rank"
+            )
+        weights = self.advantage.weights
+        if weights is not None and all(w == 0 for w in weights.values()):
+            out.append("advantage.weights are all 0: the combined reward would be constant")
+        n = self.advantage.best_of_n
+        if n is not None and (n % 2 or n > self.rollout.group_size):
+            out.append(
+                f"advantage.best_of_n={n} must be even (the n/2 best and n/2 worst of a group) and at most "
+                f"rollout.group_size={self.rollout.group_size}"
+            )
+        if n is not None and not self.advantage.skip_zero:
+            out.append(
+                "advantage.best_of_n leaves out trajectories by giving them advantage 0, which only "
+                "advantage.skip_zero=true keeps out of the update; set it to true"
             )
         if self.flow.task_runner != "dask" and self.flow.dask_address:
             out.append("flow.dask_address is set but flow.task_runner is not 'dask'")

@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tpgrpo.algorithm import AnnotationConfig, advantages, annotate, zero_advantage_mask, zero_std_groups
+from tpgrpo.algorithm import (
+    AnnotationConfig,
+    advantages,
+    aggregate_advantages,
+    annotate,
+    best_of_n_mask,
+    zero_advantage_mask,
+    zero_std_groups,
+)
 
 EPS = 1e-4
 
@@ -148,3 +156,54 @@ def test_zero_std_groups() -> None:
     assert zero_advantage_mask(adv).tolist() == [True, True, False, False, False, False]
     with pytest.raises(ValueError, match="group_id"):
         zero_std_groups(rewards, groups[:3])
+
+
+# ---------------------------------------------------------------- multi-reward aggregation, best-of-n
+
+
+def test_aggregate_advantages_hand_values() -> None:
+    # One group of 3, one step. Reward a: 1, 2, 3 (std sqrt(2/3)) -> A_a = ∓1.2245946, 0;
+    # reward b: 0, 100, 0 (mean 33.3, std 47.1405) -> A_b = −0.7071052, +1.4142104, −0.7071052.
+    # advantage aggregation with weights 1, 0.5: A_a + 0.5·A_b = −1.5781472, +0.7071052, +0.8710420.
+    a = np.array([[1.0], [2.0], [3.0]])
+    b = np.array([[0.0], [100.0], [0.0]])
+    groups = np.array([0, 0, 0])
+    adv = aggregate_advantages([a, b], [1.0, 0.5], groups)
+    aa = 1 / (math.sqrt(2 / 3) + EPS)
+    sb = math.sqrt(2 / 9) * 100 + EPS  # population std of 0, 100, 0
+    ab = np.array([-100 / 3, 200 / 3, -100 / 3]) / sb
+    assert adv[:, 0].tolist() == pytest.approx([-aa + 0.5 * ab[0], 0.5 * ab[1], aa + 0.5 * ab[2]])
+    # reward aggregation (Flow-GRPO) normalises the weighted sum instead: b's spread dominates
+    summed = advantages(a + 0.5 * b, groups)
+    assert np.argmax(summed[:, 0]) == 1 and np.argmax(adv[:, 0]) == 2
+    # one reward with weight 1 is the plain advantage; a weight scales before the clip
+    np.testing.assert_array_equal(aggregate_advantages([a], [1.0], groups), advantages(a, groups))
+    assert aggregate_advantages([a], [10.0], groups)[:, 0].tolist() == [-5.0, 0.0, 5.0]
+
+
+def test_aggregate_advantages_bad_input() -> None:
+    a = np.zeros((2, 1))
+    g = np.array([0, 0])
+    with pytest.raises(ValueError, match="one weight per reward"):
+        aggregate_advantages([a, a], [1.0], g)
+    with pytest.raises(ValueError, match="not all zero"):
+        aggregate_advantages([a], [0.0], g)
+    with pytest.raises(ValueError, match="shape"):
+        aggregate_advantages([a, np.zeros((2, 2))], [1.0, 1.0], g)
+
+
+def test_best_of_n_mask() -> None:
+    # group 0 (ids 0-5) scores 5, 1, 3, 3, 0, 9: n = 4 keeps the 2 lowest (0: id 4, 1: id 1) and the
+    # 2 highest (9: id 5, 5: id 0); group 1 (ids 6-9) all equal: ties by id, the lowest ids rank low
+    # (6, 7) and the highest high (8, 9), so n = 4 of 4 keeps all.
+    score = np.array([5, 1, 3, 3, 0, 9, 2, 2, 2, 2], dtype=float)
+    groups = np.array([0] * 6 + [1] * 4)
+    tids = np.arange(10)
+    keep = best_of_n_mask(score, groups, 4, tids)
+    assert np.flatnonzero(keep).tolist() == [0, 1, 4, 5, 6, 7, 8, 9]
+    # n = 2: the best and the worst; a tie at the top goes to the higher id
+    keep = best_of_n_mask(np.array([1.0, 3.0, 3.0, 0.0]), np.zeros(4, int), 2, np.array([10, 11, 12, 13]))
+    assert keep.tolist() == [False, False, True, True]
+    for n, match in ((3, "even n"), (0, "even n"), (8, "fewer than best-of-n")):
+        with pytest.raises(ValueError, match=match):
+            best_of_n_mask(score, groups, n, tids)

@@ -113,7 +113,27 @@ def test_sde_window_uses_the_step_std() -> None:
     assert resolve_window(UNIFORM, "sde", 0.7) == Window(0, 9)
 
 
-@pytest.mark.parametrize("sampler", ["sde", "cps"])
+def test_dance_window_uses_the_step_std() -> None:
+    """dance: stepstd = η·sqrt(σ − σ'); the floor rule applies to it as to sde and cps."""
+    sigmas = flow_match_sigmas(10, 3.0)  # 1, .9601, .9133, …, .4649, .2780, .0089, 0
+    stds = grid_step_stds(sigmas, "dance", 0.3)
+    # step 0: .3·sqrt(1 − .9601) = .3·.1998 = .0599 ≥ 0.05; step 8: .3·sqrt(.2780 − .0089) = .1556
+    assert float(stds[0]) == pytest.approx(0.0599, abs=1e-4)
+    assert float(stds[8]) == pytest.approx(0.1556, abs=1e-4)
+    # step 9 (σ' = 0): .3·sqrt(.0089) = .0283, never trained anyway: W = 9
+    assert float(stds[9]) == pytest.approx(0.0283, abs=1e-4)
+    assert resolve_window(sigmas, "dance", 0.3) == Window(0, 9)
+    # T = 16: step 0 is 1 → .9768, std .3·sqrt(.0232) = .0457 < 0.05; std ∝ η, so η ≥ .3·.05/.0457
+    problems = window_problems(flow_match_sigmas(16, 3.0), "dance", 0.3, 0, None)
+    assert len(problems) == 1 and "dance step std 0.0457" in problems[0]
+    assert "noise_level ≥ 0.328" in problems[0]
+    # a step no noise level ≤ 1 can lift: at T = 1000 step 0 is so short (σ − σ' < 0.0025) that
+    # std = η·sqrt(σ − σ') < 0.05 for every η ≤ 1
+    problems = window_problems(flow_match_sigmas(1000, 3.0), "dance", 0.3, 0, None)
+    assert len(problems) == 1 and "no noise level up to 1" in problems[0]
+
+
+@pytest.mark.parametrize("sampler", ["sde", "cps", "dance"])
 def test_grid_step_stds_equal_the_sampler_steps(sampler: str) -> None:
     """The window rule reads the same std the samplers draw with (`StepOut.std`), step by step."""
     sigmas = flow_match_sigmas(10, 3.0)

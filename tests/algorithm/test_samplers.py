@@ -1,4 +1,4 @@
-"""Tests of the ODE / SDE / CPS sampler steps, transition log-probs and the KL."""
+"""Tests of the ODE / SDE / CPS / DanceGRPO sampler steps, transition log-probs and the KL."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tpgrpo.algorithm import (
     ode_step,
     reference_cps_log_prob,
     sampler_step,
+    step_std,
     transition_log_prob,
 )
 
@@ -44,7 +45,7 @@ def test_noise_level_zero_equals_ode_exactly(seed: int, num_steps: int, shift: f
     sigmas = flow_match_sigmas(num_steps, shift)
     dtype = torch.bfloat16 if bf16 else torch.float32
     # Per-sample timesteps: one sample per grid step. cps cannot take the last step (σ' = 0).
-    for sampler, last in (("sde", num_steps), ("cps", num_steps - 1)):
+    for sampler, last in (("sde", num_steps), ("cps", num_steps - 1), ("dance", num_steps)):
         k = torch.arange(last)  # [B]
         sample = (3 * torch.randn(last, 4, 3, 3, generator=gen)).to(dtype)  # [B, 4, 3, 3]
         velocity = (3 * torch.randn(last, 4, 3, 3, generator=gen)).to(dtype)
@@ -199,10 +200,104 @@ def test_cps_full_noise_level() -> None:
     assert out.std.item() == pytest.approx(0.5)
 
 
+# ---------------------------------------------------------------- DanceGRPO: formulas, moments, sde parity
+
+
+def test_dance_hand_values_and_empirical_moments() -> None:
+    # σ = 0.8, σ' = 0.6, η = 0.5, s = 1, v = 2:
+    #   dt = −0.2, x̂0 = s − σ·v = −0.6, score = −(s − (1 − σ)·x̂0)/σ² = −(1 + 0.12)/0.64 = −1.75
+    #   mean = s + dt·v − ½·η²·score·dt = 1 − 0.4 − 0.5·0.25·(−1.75)·(−0.2) = 0.6 − 0.04375 = 0.55625
+    #   std = η·sqrt(σ − σ') = 0.5·sqrt(0.2) = 0.2236068
+    n = 20_000
+    noise = torch.randn(1, n, generator=_gen(11))
+    out = sampler_step(
+        "dance",
+        _const(1.0, (1, n)),
+        _const(2.0, (1, n)),
+        0.8,
+        0.6,
+        noise_level=0.5,
+        sigma_guard=0.9,
+        noise=noise,
+    )
+    assert torch.allclose(out.mean, _const(0.55625, (1, n)), atol=1e-6)
+    assert out.std.item() == pytest.approx(0.5 * math.sqrt(0.2), abs=1e-6)
+    # standard error of the mean 0.224/sqrt(n) ≈ 0.0016
+    assert out.next.mean().item() == pytest.approx(0.55625, abs=0.008)
+    assert out.next.std().item() == pytest.approx(0.5 * math.sqrt(0.2), abs=0.006)
+
+
+def test_dance_log_prob_hand_values() -> None:
+    # Same step as above. At x = mean: −log std − log sqrt(2π) = −log 0.2236068 − 0.9189385 = 0.5789276.
+    # At x = mean + std (noise 1 everywhere): 0.5 lower, 0.0789276.
+    for eps, expected in ((0.0, 0.5789276), (1.0, 0.0789276)):
+        out = sampler_step(
+            "dance",
+            _const(1.0, (1, 6)),
+            _const(2.0, (1, 6)),
+            0.8,
+            0.6,
+            noise_level=0.5,
+            sigma_guard=0.9,
+            noise=_const(eps, (1, 6)),
+        )
+        assert out.log_prob is not None
+        assert out.log_prob.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_dance_matches_closed_forms_on_a_grid() -> None:
+    # The issue's closed forms in float64, per sample on every step of a shift-3 grid (σ_0 = 1 and the
+    # last step σ' = 0 included: the dance std η·sqrt(σ) is positive there).
+    gen = _gen(12)
+    sigmas = flow_match_sigmas(10, 3.0)
+    k = torch.arange(10)  # [B]
+    s, v, eps = (torch.randn(10, 3, 4, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    eta = 0.3
+    out = sampler_step(
+        "dance", s, v, sigmas[k], sigmas[k + 1], noise_level=eta, sigma_guard=sigmas[1], noise=eps.float()
+    )
+    sig = sigmas[k].double().view(-1, 1, 1, 1)  # [B, 1, 1, 1]
+    sig_next = sigmas[k + 1].double().view(-1, 1, 1, 1)
+    x0 = s - sig * v
+    score = -(s - (1 - sig) * x0) / sig**2
+    mean = s + (sig_next - sig) * v - 0.5 * eta**2 * score * (sig_next - sig)
+    std = eta * torch.sqrt(sig - sig_next)  # [B, 1, 1, 1]
+    nxt = mean + std * eps
+    log_prob = (-((nxt - mean) ** 2) / (2 * std**2) - torch.log(std) - LOG_SQRT_2PI).mean(dim=(1, 2, 3))
+    assert torch.allclose(out.mean.double(), mean, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(out.std.double(), std.flatten(), rtol=1e-6)
+    assert torch.allclose(out.next.double(), nxt, rtol=1e-5, atol=1e-5)
+    assert out.log_prob is not None
+    assert torch.allclose(out.log_prob.double(), log_prob, rtol=1e-5, atol=1e-5)
+    # step_std (the window rule's std) is the sampler's own
+    stds = step_std("dance", sigmas[:-1], sigmas[1:], noise_level=eta, sigma_guard=sigmas[1])
+    assert torch.equal(stds, out.std)
+
+
+@pytest.mark.parametrize("k", range(1, 10))
+def test_dance_mean_equals_sde_mean_when_eta_matches(k: int) -> None:
+    # Both drifts are s + dt·[v + c/(2σ)·(s + (1 − σ)·v)], c = η² (dance) and a²·σ/(1 − σ) (sde): with
+    # η² = a²·σ/(1 − σ) the means agree, and so do the step stds (sde: a·sqrt(σ/(1 − σ))·sqrt(σ − σ')).
+    # k ≥ 1: σ < σ_1 guard is not in play (it replaces σ = 1 by σ_1 in the sde std alone).
+    gen = _gen(13)
+    sigmas = flow_match_sigmas(10, 3.0)
+    sigma, sigma_next = float(sigmas[k]), float(sigmas[k + 1])
+    a = 0.7
+    eta = a * math.sqrt(sigma / (1 - sigma))
+    s, v, eps = (torch.randn(2, 3, 4, generator=gen) for _ in range(3))
+    kw = {"sigma_guard": sigmas[1], "noise": eps}
+    sde = sampler_step("sde", s, v, sigma, sigma_next, noise_level=a, **kw)
+    dance = sampler_step("dance", s, v, sigma, sigma_next, noise_level=eta, **kw)
+    assert torch.allclose(dance.mean, sde.mean, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(dance.std, sde.std, rtol=1e-5)
+    assert dance.log_prob is not None and sde.log_prob is not None
+    assert torch.allclose(dance.log_prob, sde.log_prob, rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------- log-probs
 
 
-@pytest.mark.parametrize("sampler", ["sde", "cps"])
+@pytest.mark.parametrize("sampler", ["sde", "cps", "dance"])
 def test_log_prob_equals_torch_normal(sampler: str) -> None:
     gen = _gen(3)
     sigmas = flow_match_sigmas(10)
@@ -256,7 +351,7 @@ def test_reference_cps_log_prob() -> None:
     assert torch.allclose(out.log_prob, -((out.next - out.mean) ** 2).mean(dim=1))
 
 
-@pytest.mark.parametrize("sampler", ["sde", "cps"])
+@pytest.mark.parametrize("sampler", ["sde", "cps", "dance"])
 def test_recompute_stored_transition(sampler: str) -> None:
     gen = _gen(5)
     sample, velocity, noise = (torch.randn(3, 2, 5, generator=gen) for _ in range(3))
@@ -284,7 +379,7 @@ def test_log_prob_gradient_reaches_velocity_only_through_mean() -> None:
 # ---------------------------------------------------------------- batching, dtypes
 
 
-@pytest.mark.parametrize("sampler", ["ode", "sde", "cps"])
+@pytest.mark.parametrize("sampler", ["ode", "sde", "cps", "dance"])
 def test_per_sample_timesteps_match_single_calls(sampler: str) -> None:
     gen = _gen(7)
     sigmas = flow_match_sigmas(10)
@@ -377,7 +472,7 @@ def _step(**overrides: object) -> None:
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        ({"sampler": "euler"}, "unknown sampler 'euler'; valid samplers: ode, sde, cps"),
+        ({"sampler": "euler"}, "unknown sampler 'euler'; valid samplers: ode, sde, cps, dance"),
         ({"velocity": torch.zeros(2, 4)}, "velocity must have the shape"),
         ({"noise": torch.zeros(3, 3)}, "noise must have the shape"),
         (

@@ -63,3 +63,16 @@ def test_base_evaluation_finds_its_run_on_a_fresh_root(tmp_path: Path, monkeypat
     ]
     # the run it created is the one training resumes (same config: creating it again is a no-op)
     assert learning.create_run(root, "flow_grpo", 0, []).layout.run_id == "flow_grpo-s0"
+
+
+def test_dance_configuration_is_configs_dance_tiny() -> None:
+    """The benchmark's `dance` configuration trains what configs/dance_tiny.yaml describes (on the
+    benchmark's common settings), and the benchmark compares it with Flow-GRPO's terminal reward."""
+    from tpgrpo.config import load_config
+
+    learning = _learning()
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    ours = load_config(configs / "tiny.yaml", learning.CONFIGS["dance"])
+    theirs = load_config(configs / "dance_tiny.yaml")
+    assert ours.model_copy(update={"name": theirs.name}) == theirs
+    assert learning.config_mode("dance") == "flow_grpo" and learning.flow_reference("dance") == "flow_grpo"

@@ -57,10 +57,17 @@ def test_trajectory_table_is_what_was_stored(stored_run: StoredRun, tmp_path: Pa
         assert [float(v) for v in row[7:9]] == pytest.approx(
             [ann["step_reward"][j], ann["advantage"][j]], abs=5e-5
         )
-    assert float(table[w][2]) == pytest.approx(rho[w], abs=5e-5) and "(final image)" in lines[-4]
+    assert float(table[w][2]) == pytest.approx(rho[w], abs=5e-5) and "(final image)" in lines[-5]
     kept = [j for j in range(w) if ann["kept"][j]]
     detected = [j for j in range(w) if ann["turning_point"][j]]
-    assert lines[-2] == f"turning points: detected at steps {detected or 'none'}, kept at {kept or 'none'}"
+    assert lines[-3] == f"turning points: detected at steps {detected or 'none'}, kept at {kept or 'none'}"
+    # the stored run trains every step (update.timestep_fraction 1), on this very annotation
+    trained = (
+        "none: its advantages are all 0 (advantage.skip_zero leaves it out)"
+        if all(a == 0 for a in ann["advantage"])
+        else f"all {w} (update.timestep_fraction 1)"
+    )
+    assert lines[-2] == f"trained steps: {trained}"
     assert result.stdout.strip().endswith(f"png: {png}")
     # the strip: W + 1 branch images side by side (each 64 px × 3), a kept turning point framed in red
     image = np.asarray(Image.open(png).convert("RGB"))
@@ -218,3 +225,53 @@ def test_verify_unknown_run(stored_run: StoredRun) -> None:
     assert_user_error(
         run_cli("audit", "verify", "--run", "x", "--root", str(stored_run.root)), "unknown run 'x'"
     )
+
+
+def test_trajectory_shows_the_seeded_step_subsets(tmp_path: Path) -> None:
+    """With `update.timestep_fraction` < 1 the audit lists, per epoch, the steps the update trains
+    (the subsets `trained_step_mask` draws for the trajectory), derived from the run's config."""
+    from types import SimpleNamespace
+
+    from tpgrpo.algorithm import trained_step_mask
+    from tpgrpo.config import load_config_data
+    from tpgrpo.report.trajectory import TrajectoryAudit, _trained_steps, format_trajectory
+    from tpgrpo.storage import RunLayout
+
+    cfg = load_config_data({"seed": 3, "update": {"timestep_fraction": 0.6, "epochs": 2}})
+    ctx = SimpleNamespace(cfg=cfg, layout=RunLayout(str(tmp_path), "r"), storage_options={})
+    adv = [0.5, -0.1, 0.0, 0.2, 0.3]
+    trained, note = _trained_steps(ctx, 1, 7, 5, adv, "shapes", "tp")
+    expected = [trained_step_mask(3, 1, e, np.array([7]), 5, 0.6)[0].nonzero()[0].tolist() for e in (0, 1)]
+    assert trained == expected and all(len(t) == 3 for t in trained)  # floor(5 × 0.6) = 3
+    assert note == (
+        "update.timestep_fraction 0.6: 3 of 5 per epoch, a subset seeded by run seed, iteration, epoch and "
+        "trajectory; iteration 1 has no finished update yet"
+    )
+    # all-zero advantages: skipped (advantage.skip_zero)
+    assert _trained_steps(ctx, 1, 7, 5, [0.0] * 5, "shapes", "tp")[0] == [[], []]
+    audit = TrajectoryAudit(
+        run_id="r",
+        iteration=1,
+        trajectory_id=7,
+        reward_key="shapes",
+        mode="tp",
+        prompt="p",
+        prompt_id="p0",
+        group_id=0,
+        batch=0,
+        seed=1,
+        window_start=0,
+        window_size=5,
+        rho=[0.0] * 6,
+        strict=[None] * 6,
+        increment=[0.0] * 5,
+        aggregated=[0.0] * 5,
+        turning_point=[False] * 5,
+        kept=[False] * 5,
+        step_reward=[0.0] * 5,
+        advantage=adv,
+        trained=trained,
+        trained_note=note,
+    )
+    last = format_trajectory(audit).splitlines()[-1]
+    assert last == f"trained steps: epoch 0 {expected[0]}; epoch 1 {expected[1]} ({note})"

@@ -268,3 +268,49 @@ def test_evaluate_all_names_a_damaged_checkpoint(run_copy: StoredRun) -> None:
         "later checkpoints (2) are finished",
         f"tpgrpo audit verify --run {run_copy.run_id}",
     )
+
+
+def test_annotate_combines_stored_rewards(run_copy: StoredRun) -> None:
+    """`--weight KEY=W --aggregate advantage`: several stored rewards combined without generating. A
+    reward combined with a copy of itself (weights 1 and 0.5) has 1.5 × its unclipped advantages."""
+    import shutil
+
+    from tpgrpo.algorithm import AnnotationConfig, advantages, annotate
+
+    key = run_copy.reward_key
+    for i in (0, 1):  # a second stored reward: the run's own scores under another key
+        shutil.copytree(run_copy.layout.rewards(i, key), run_copy.layout.rewards(i, "twin"))
+    weights = ["--weight", f"{key}=1", "--weight", "twin=0.5"]
+    result = run_cli(
+        "annotate", *run_copy.args("--reward", "twin", "--mode", "tp", "--aggregate", "advantage", *weights)
+    )
+    assert result.exit_code == 0, result.output
+    for i in (0, 1):
+        uri = run_copy.layout.annotations(i, "twin", "tp")
+        manifest = read_manifest(uri)
+        assert set(manifest.inputs) == {"rewards", "rollouts", f"rewards/{key}", "rewards/twin"}
+        assert manifest.metrics["rewards_combined"] == 2
+        ann = read_table(uri, "annotations").sort_by([("trajectory_id", "ascending"), ("step", "ascending")])
+        rho = (
+            read_table(run_copy.layout.rewards(i, key), "rewards")
+            .sort_by([("trajectory_id", "ascending"), ("boundary", "ascending")])
+            .column("score")
+            .to_numpy()
+            .reshape(8, 4)
+        )
+        plain = annotate(rho, np.zeros(8, np.int64), AnnotationConfig(mode="tp"), trajectory_ids=np.arange(8))
+        groups = ann.column("group_id").to_numpy().reshape(8, 3)[:, 0]
+        expected = np.clip(1.5 * advantages(plain.step_reward, groups, clip=None), -5, 5)
+        np.testing.assert_allclose(ann.column("advantage").to_numpy().reshape(8, 3), expected, atol=1e-12)
+        np.testing.assert_allclose(
+            ann.column("step_reward").to_numpy().reshape(8, 3), 1.5 * plain.step_reward
+        )
+    for bad, fragments in (
+        (["--weight", "twin"], ["--weight 'twin': expected KEY=WEIGHT"]),
+        (["--weight", "nope=1"], ["no stored scores for reward key 'nope'"]),
+        (["--weight", "twin=0"], ["advantage.weights are all 0"]),
+        (["--aggregate", "sum"], ["advantage.aggregate", "'reward' or 'advantage'"]),
+    ):
+        assert_user_error(
+            run_cli("annotate", *run_copy.args("--reward", "twin", "--mode", "incremental", *bad)), *fragments
+        )

@@ -31,7 +31,10 @@ def report_dir(stored_run: StoredRun, tmp_path_factory: pytest.TempPathFactory) 
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert [line for line in lines if line.startswith("png:")] == [f"png:  {out / name}" for name in EXPECTED]
-    assert lines[-1] == f"html: {out / 'index.html'}"
+    # last: what the model learned, the paired gain of the last evaluated checkpoint over the first
+    assert lines[-2] == f"html: {out / 'index.html'}"
+    assert lines[-1].startswith("learned: Paired gain of checkpoint 2 over checkpoint 0 (same images")
+    assert "score " in lines[-1] and "95 % CI" in lines[-1]
     return out
 
 

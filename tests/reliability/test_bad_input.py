@@ -102,6 +102,36 @@ CASES: list[tuple[str, Any, list[str]]] = [
         {"reward.spec": {"name": "jpeg", "key": "../../etc"}},
         ["invalid reward key or mode '../../etc'"],
     ),
+    # DanceGRPO's options (issue 19)
+    ("unknown sampler", {"sampling.sampler": "euler"}, ["sampling.sampler", "'dance'"]),
+    ("timestep fraction 0", {"update.timestep_fraction": 0}, ["update.timestep_fraction", "greater than 0"]),
+    (
+        "timestep fraction over 1",
+        {"update.timestep_fraction": 1.5},
+        ["update.timestep_fraction", "less than"],
+    ),
+    (
+        "timestep fraction training no step",
+        {"update.timestep_fraction": 0.2},
+        ["update.timestep_fraction=0.2 trains floor(", "= 0 of the window's", "use a fraction ≥"],
+    ),
+    ("odd best-of-n", {"advantage.best_of_n": 3}, ["advantage.best_of_n=3 must be even"]),
+    (
+        "best-of-n over G",
+        {"advantage.best_of_n": 4},
+        ["advantage.best_of_n=4", "at most rollout.group_size=3"],
+    ),
+    (
+        "best-of-n without skip_zero",
+        {"advantage.best_of_n": 2, "advantage.skip_zero": False},
+        ["advantage.best_of_n leaves out trajectories", "skip_zero=true"],
+    ),
+    ("zero reward weights", {"advantage.weights": {"jpeg": 0}}, ["advantage.weights are all 0"]),
+    (
+        "unknown aggregation",
+        {"advantage.aggregate": "sum"},
+        ["advantage.aggregate", "'reward' or 'advantage'"],
+    ),
     # values that once passed validation and failed later, after files were written
     ("learning rate overflowing to infinity", b"update:\n  lr: 1e400\n", ["update.lr"]),
     ("learning rate as a string of nan", {"update.lr": "nan"}, ["update.lr"]),

@@ -132,3 +132,50 @@ def test_window_under_the_floor_refused_before_any_write(make_cfg: Any, policy: 
     with pytest.raises(ConfigError, match="step 3"):
         _run(cfg, policy, tmp_path, "bad")
     assert not list((tmp_path / "bad").glob("*.parquet"))
+
+
+def test_same_noise_per_group_with_the_dance_sampler(make_cfg: Any, policy: Any, tmp_path: Path) -> None:
+    """`rollout.same_noise_per_group`: a group shares its first trajectory's `s_0`, the step noise stays
+    each trajectory's own; the stored dance transitions recompute to their stored log-probs."""
+    cfg = make_cfg(rollout__same_noise_per_group=True, sampling__sampler="dance", sampling__noise_level=0.5)
+    table = _run(cfg, policy, tmp_path, "a")
+    states = decode_tensor_column(table, "states")  # [N, T+1, C, h, w]
+    g, n = cfg.rollout.group_size, table.num_rows
+    # the seed column is still each trajectory's own (its step noise)
+    assert table.column("seed").to_pylist() == [trajectory_seed(cfg.seed, 0, t) for t in range(n)]
+    assert set(table.column("sampler").to_pylist()) == {"dance"}
+    for t in range(n):
+        first = (t // g) * g  # the group's first trajectory: its own seed's s_0
+        s0 = torch.randn(
+            (4, 8, 8), generator=torch.Generator().manual_seed(trajectory_seed(cfg.seed, 0, first))
+        )
+        torch.testing.assert_close(states[t, 0], s0, rtol=0, atol=0)
+    assert not torch.equal(states[0, 0], states[g, 0])  # groups differ
+    assert not torch.equal(states[0, 1], states[1, 1])  # the first (stochastic) step differs in a group
+    # the dance window on the shift-3 grid at T = 5 (1, .90, .75, .50, .0089, 0): stds .5·sqrt(Δσ) =
+    # .16, .19, .25, .35 — all above the floor but the last step, never trained: W = 4
+    grid = make_grid(cfg, policy.pipeline.scheduler.config.shift)
+    assert grid.window.size == 4
+    stored = torch.tensor(table.column("log_probs").to_pylist())  # [N, W]
+    cond = policy.encode(table.column("prompt").to_pylist())
+    uncond = policy.encode([""] * n)
+    with torch.no_grad():
+        for k in grid.window.steps:
+            s, s1 = float(grid.sigmas[k]), float(grid.sigmas[k + 1])
+            v = policy.velocity(states[:, k], torch.full((n,), s), cond, uncond, cfg.sampling.guidance_scale)
+            out = sampler_step(
+                "dance",
+                states[:, k],
+                v,
+                s,
+                s1,
+                noise_level=0.5,
+                sigma_guard=grid.sigma_guard,
+                prev_sample=states[:, k + 1],
+            )
+            torch.testing.assert_close(out.log_prob, stored[:, k], rtol=0, atol=1e-5)
+    # the default leaves every trajectory its own s_0 (same states as before this option existed)
+    plain = _run(make_cfg(sampling__sampler="dance", sampling__noise_level=0.5), policy, tmp_path, "b")
+    s_plain = decode_tensor_column(plain, "states")
+    torch.testing.assert_close(s_plain[0], states[0], rtol=0, atol=1e-6)  # a group's first: unchanged
+    assert not torch.equal(s_plain[1, 0], states[1, 0])

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from tpgrpo.algorithm.advantages import STD_SCOPES, advantages, zero_advantage_mask, zero_std_groups
+from tpgrpo.algorithm.advantages import (
+    STD_SCOPES,
+    advantages,
+    aggregate_advantages,
+    best_of_n_mask,
+    zero_advantage_mask,
+    zero_std_groups,
+)
 from tpgrpo.algorithm.annotation import (
     MODES,
     Annotation,
@@ -31,6 +38,7 @@ from tpgrpo.algorithm.samplers import (
     step_std,
     transition_log_prob,
 )
+from tpgrpo.algorithm.subsets import num_trained_steps, trained_step_mask
 
 __all__ = [
     "MODES",
@@ -43,19 +51,23 @@ __all__ = [
     "StepOut",
     "Window",
     "advantages",
+    "aggregate_advantages",
     "annotate",
     "balance_turning_points",
+    "best_of_n_mask",
     "detect_turning_points",
     "flow_match_sigmas",
     "grid_step_stds",
     "grpo_loss",
     "kl_to_reference",
+    "num_trained_steps",
     "ode_step",
     "reference_cps_log_prob",
     "resolve_window",
     "sampler_step",
     "step_std",
     "timesteps_of",
+    "trained_step_mask",
     "transition_log_prob",
     "window_problems",
     "zero_advantage_mask",

@@ -132,7 +132,7 @@ def grid_step_stds(sigmas: torch.Tensor, sampler: str, noise_level: float) -> to
 
     Args:
         sigmas (`torch.Tensor`): `[T + 1]` grid, `σ_0 = 1 > … > σ_T = 0`, with T ≥ 2.
-        sampler (`str`): `"sde"` or `"cps"`.
+        sampler (`str`): `"sde"`, `"cps"` or `"dance"`.
         noise_level (`float`): `a`.
 
     Returns:
@@ -166,9 +166,11 @@ def _noise_level_hint(sigmas: torch.Tensor, stds: torch.Tensor, k: int, sampler:
         if ratio > 1:
             return f"no noise level lifts step {k} to the floor (σ' = {float(sigmas[k + 1]):.4f})"
         return f"sampling.noise_level ≥ {2 / math.pi * math.asin(ratio):.3f} lifts step {k} to the floor"
-    if float(stds[k]) == 0:  # sde with a = 0
+    if float(stds[k]) == 0:  # sde or dance with a = 0
         return "set sampling.noise_level > 0"
-    needed = a * STEP_STD_FLOOR / float(stds[k])  # sde: std ∝ a
+    needed = a * STEP_STD_FLOOR / float(stds[k])  # sde and dance: std ∝ a
+    if needed > 1:
+        return f"no noise level up to 1 lifts step {k} to the floor (it would take {needed:.3f})"
     return f"sampling.noise_level ≥ {needed:.3f} lifts step {k} to the floor"
 
 
@@ -183,7 +185,7 @@ def window_problems(
 
     Args:
         sigmas (`torch.Tensor`): `[T + 1]` grid.
-        sampler (`str`): `"sde"` or `"cps"`.
+        sampler (`str`): `"sde"`, `"cps"` or `"dance"`.
         noise_level (`float`): `a`.
         start (`int`): `w0`.
         size (`int` or `None`): `W`, or None for the default.

@@ -1,4 +1,4 @@
-"""One step of the ODE, Flow-GRPO SDE and CPS samplers, with the transition log-prob (SPEC.md §2).
+"""One step of the ODE, Flow-GRPO SDE, CPS and DanceGRPO samplers, with the transition log-prob (SPEC.md §2).
 
 A step maps the state `s` at noise level `σ` to the state at `σ' < σ` given the velocity `v`.
 Every sample of a batch may sit at its own noise level (`sigma`, `sigma_next` of shape `[B]`), so
@@ -7,6 +7,13 @@ an update batch can mix transitions from different grid steps.
 All step arithmetic runs in float32, whatever the dtype of the inputs: the model runs in
 bf16/fp16, whose 8/11-bit mantissas cannot resolve the small change one step makes to the state,
 and the `std²` terms overflow fp16.
+
+`dance` is DanceGRPO's SDE step (`flux_step` with `sde_solver=True` in XueZeyue/DanceGRPO): a
+constant diffusion coefficient η (`noise_level`), `std = η·sqrt(σ − σ')`. Its drift has the form of
+Flow-GRPO's `sde` (`mean = s + dt·[v + c/(2σ)·(s + (1 − σ)·v)]`, with `c = η²` here and
+`c = a²·σ/(1 − σ)` there), so the two means agree when `η² = a²·σ/(1 − σ)`. Its log-prob is the
+exact Gaussian density averaged over elements; the reference code's line break drops the
+`− log std − log sqrt(2π)` terms, a per-step constant that cancels in the ratio (same gradients).
 
 Zero step std (noise level 0, or `cps` at `σ' = 0`): the step is deterministic and has no density.
 A drawn step then returns `log_prob=None`; recomputing a stored transition with zero std, or a
@@ -21,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-SAMPLERS = ("ode", "sde", "cps")
+SAMPLERS = ("ode", "sde", "cps", "dance")
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -37,7 +44,7 @@ class StepOut:
         next (`torch.Tensor`): `[B, ...]` float32 next state `s_{k+1}`.
         mean (`torch.Tensor`): `[B, ...]` float32 mean of the step's Gaussian (the ODE step for `ode`).
         std (`torch.Tensor`): `[B]` float32 step std: `std·sqrt(-dt)` for `sde`, `std` for `cps`,
-            0 for `ode`.
+            `η·sqrt(σ − σ')` for `dance`, 0 for `ode`.
         log_prob (`torch.Tensor` or `None`): `[B]` float32 log-density of `next`, averaged over
             latent elements; `None` for `ode` and for zero-std steps.
     """
@@ -192,6 +199,11 @@ def _cps_std(sig_next: Tensor, noise_level: float) -> Tensor:
     return sig_next * math.sin(noise_level * math.pi / 2)
 
 
+def _dance_std(sig: Tensor, sig_next: Tensor, noise_level: float) -> Tensor:
+    """The DanceGRPO step std `η·sqrt(σ − σ')` (a constant diffusion coefficient η), shaped as `sig`."""
+    return noise_level * torch.sqrt(sig - sig_next)
+
+
 def _check_noise_level(sampler: str, noise_level: float) -> None:
     if not (math.isfinite(noise_level) and noise_level >= 0):
         raise ValueError(f"noise_level must be a finite number >= 0, got {noise_level!r}")
@@ -209,7 +221,8 @@ def step_std(
 ) -> Tensor:
     """The std of the Gaussian a `sampler` step draws from (SPEC §2's stepstd), per step.
 
-    `std·sqrt(−dt)` for `sde`, `σ'·sin(a·π/2)` for `cps`, 0 for `ode`: the same arithmetic as
+    `std·sqrt(−dt)` for `sde`, `σ'·sin(a·π/2)` for `cps`, `η·sqrt(σ − σ')` for `dance` (η = the
+    noise level), 0 for `ode`: the same arithmetic as
     `sampler_step`'s `StepOut.std`, without a state or a model.
 
     Args:
@@ -233,6 +246,8 @@ def step_std(
     if sampler == "sde":
         dt = sig_next - sig  # [S, 1]
         std = _sde_std(sig, sigma_guard, noise_level) * torch.sqrt(-dt)  # [S, 1]
+    elif sampler == "dance":
+        std = _dance_std(sig, sig_next, noise_level)  # [S, 1]
     else:
         std = _cps_std(sig_next, noise_level)  # [S, 1]
     return std.reshape(n)  # [S]
@@ -259,7 +274,7 @@ def sampler_step(
         velocity (`torch.Tensor`): `[B, ...]` model velocity at `(s_k, σ)`, any float dtype.
         sigma (`torch.Tensor` or `float`): `[B]` or scalar noise level `σ`.
         sigma_next (`torch.Tensor` or `float`): `[B]` or scalar next noise level `σ' < σ`.
-        noise_level (`float`): `a` (≥ 0; ≤ 1 for `cps`). Ignored by `ode`.
+        noise_level (`float`): `a` (≥ 0; ≤ 1 for `cps`), `η` for `dance`. Ignored by `ode`.
         sigma_guard (`torch.Tensor` or `float`): `σ_1` of the grid, in (0, 1); the `sde` std uses
             it in place of `σ` where `σ = 1` (any `σ > σ_1`, i.e. the first grid level, which is 1
             only up to float32 rounding for some shifts). Ignored by `ode` and `cps`.
@@ -305,6 +320,15 @@ def sampler_step(
         # s + [v + std²/(2σ)·x̂1]·dt; with std = 0 this is bit-for-bit the Euler step.
         mean = sample + dt * (velocity + std_dev**2 / (2 * sig) * x1_hat)  # [B, ...]
         step_std = std_dev * torch.sqrt(-dt)  # [B, 1, ...]
+    elif sampler == "dance":
+        # DanceGRPO's `flux_step` with `sde_solver=True`: x̂0 = s − σ·v,
+        # score = −(s − (1 − σ)·x̂0)/σ², mean = s + dt·v − ½·η²·score·dt, std = η·sqrt(σ − σ').
+        dt = sig_next - sig  # [B, 1, ...]
+        x0_hat = sample - sig * velocity  # [B, ...] predicted clean sample
+        score = -(sample - (1 - sig) * x0_hat) / sig**2  # [B, ...]; σ > σ' ≥ 0, so σ > 0
+        # the Euler step plus a correction: η = 0 adds exactly 0 and reproduces the Euler step
+        mean = _euler(sample, velocity, sig, sig_next) - (0.5 * noise_level**2) * score * dt  # [B, ...]
+        step_std = _dance_std(sig, sig_next, noise_level)  # [B, 1, ...]
     else:
         step_std = _cps_std(sig_next, noise_level)  # [B, 1, ...]
         # (1 − σ')·x̂0 + sqrt(σ'² − std²)·x̂1 written as the Euler step plus a correction, so that

@@ -100,10 +100,27 @@ def annotate(
         ),
     ],
     iters: ItersOption = None,
+    aggregate: Annotated[
+        str | None,
+        typer.Option(
+            "--aggregate",
+            help="Several rewards: reward (normalise their weighted sum) or advantage (normalise each "
+            "in its group, sum the advantages) [default: the run's advantage.aggregate]",
+        ),
+    ] = None,
+    weight: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--weight",
+            help="KEY=W: combine the stored reward KEY with weight W (repeatable; sets advantage.weights "
+            "for this annotation, written to annotations/<--reward>/<mode>)",
+        ),
+    ] = None,
     force: ForceOption = False,
     root: RootOption = None,
 ) -> None:
-    """Re-annotate stored scores with another reward mode (an ablation: seconds of CPU, no sampling)."""
+    """Re-annotate stored scores with another reward mode (an ablation: seconds of CPU, no sampling),
+    or combine several stored rewards (`--weight`, `--aggregate`)."""
     from tpgrpo.pipeline.catalog import usable_iterations
     from tpgrpo.pipeline.select import (
         check_modes,
@@ -119,6 +136,7 @@ def annotate(
     modes = check_modes(mode)
     stored = sorted({k for i in ctx.layout.list_iterations() for k in ctx.layout.list_rewards(i)})
     key = check_reward_key(reward, stored, run_id=run)
+    ctx = _with_advantage(ctx, aggregate, weight or [], stored)
     usable, unusable = usable_iterations(ctx, ("rollouts", "rewards"), key)
     iterations, skipped = select_with_skips(
         iters, usable, unusable, run_id=run, what=f"stored {key!r} scores"
@@ -136,6 +154,51 @@ def annotate(
                 )
     echo(f"annotations: {ctx.layout.run_dir}/iter=NNNN/annotations/{key}/<mode>")
     _fail_on_skips(run, skipped, iterations, skipped_error)
+
+
+def _with_advantage(ctx: Any, aggregate: str | None, weights: list[str], stored: list[str]) -> Any:
+    """`ctx` with its config's advantage aggregation and weights replaced by `--aggregate` and
+    `--weight KEY=W` (unchanged without them), validated like a config.
+
+    Raises:
+        UserError: a `--weight` is not KEY=number or names no stored reward.
+        ConfigError: the resulting advantage settings are invalid.
+    """
+    import dataclasses
+
+    from pydantic import ValidationError
+
+    from tpgrpo.config import Config, _format_pydantic
+    from tpgrpo.errors import ConfigError, UserError
+    from tpgrpo.pipeline.select import check_reward_key
+
+    if aggregate is None and not weights:
+        return ctx
+    advantage = ctx.cfg.advantage.model_dump()
+    if aggregate is not None:
+        advantage["aggregate"] = aggregate
+    if weights:
+        parsed: dict[str, float] = {}
+        for text in weights:
+            name, sep, value = text.partition("=")
+            try:
+                number = float(value) if sep else None
+            except ValueError:
+                number = None
+            if number is None:
+                raise UserError(
+                    f"--weight {text!r}: expected KEY=WEIGHT with a number, e.g. --weight jpeg=0.5"
+                )
+            parsed[check_reward_key(name.strip(), stored, run_id=ctx.layout.run_id)] = number
+        advantage["weights"] = parsed
+    try:
+        cfg = Config.model_validate({**ctx.cfg.model_dump(), "advantage": advantage})
+    except ValidationError as err:
+        raise ConfigError(_format_pydantic(err)) from None
+    problems = cfg.problems()
+    if problems:
+        raise ConfigError(problems)
+    return dataclasses.replace(ctx, cfg=cfg)
 
 
 def evaluate(

@@ -41,4 +41,6 @@ def report(
     for image in files.images:
         echo(f"png:  {image}")
     echo(f"html: {files.html}")
+    for sentence in files.learned:
+        echo(f"learned: {sentence}")
     fail_on_left_out(ctx, key, m)

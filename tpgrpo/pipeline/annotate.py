@@ -8,6 +8,7 @@ from tpgrpo.pipeline.context import Log, RunContext, quiet
 from tpgrpo.pipeline.plan import plan, prepare
 from tpgrpo.pipeline.stale import report_stale_consumers
 from tpgrpo.stages import annotate
+from tpgrpo.stages.annotate import stored_reward_keys
 from tpgrpo.storage import Manifest, finalize_dataset, read_manifest
 
 
@@ -39,6 +40,7 @@ def annotate_step(
         rollouts_uri=ctx.layout.rollouts(iteration),
         output=p.output,
         storage_options=ctx.storage_options,
+        stored_uris={k: ctx.layout.rewards(iteration, k) for k in stored_reward_keys(ctx.cfg.advantage)},
     )
     seconds = summary.pop("seconds")
     manifest = finalize_dataset(

@@ -119,10 +119,24 @@ def output_uri(layout: RunLayout, stage: str, iteration: int, key: str = "", mod
 
 
 def input_uris(
-    layout: RunLayout, stage: str, iteration: int, key: str = "", mode: str = ""
+    layout: RunLayout,
+    stage: str,
+    iteration: int,
+    key: str = "",
+    mode: str = "",
+    combined: tuple[str, ...] | list[str] = (),
 ) -> dict[str, str]:
-    """Input name -> URI of what `stage` reads in `iteration`, in recording order."""
-    return {name: dataset_uri(layout, name, iteration, key, mode) for name in LINEAGE[stage].inputs}
+    """Input name -> URI of what `stage` reads in `iteration`, in recording order.
+
+    `combined` (annotate only): the stored reward keys `advantage.weights` combines with the
+    annotated one (`stages.annotate.stored_reward_keys`), recorded as inputs `rewards/<key>`.
+    """
+    out = {name: dataset_uri(layout, name, iteration, key, mode) for name in LINEAGE[stage].inputs}
+    if combined and stage != "annotate":
+        raise ValueError(f"input_uris: combined rewards are inputs of annotate only, not {stage!r}")
+    for k in combined:
+        out[f"rewards/{k}"] = layout.rewards(iteration, k)
+    return out
 
 
 # --- config hashes -----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from tpgrpo.pipeline.lineage import (
     score_config_hashes,
     stage_config_hash,
 )
+from tpgrpo.stages.annotate import stored_reward_keys
 from tpgrpo.storage import manifest_hash, prepare_output, read_manifest
 from tpgrpo.storage.blobs import read_blob_manifest
 
@@ -42,13 +43,15 @@ class Plan:
 def input_hashes(
     ctx: RunContext, stage: str, iteration: int, key: str = "", mode: str = ""
 ) -> dict[str, str]:
-    """Input name -> the current hash of each input of `stage` (`LINEAGE`), in recording order.
+    """Input name -> the current hash of each input of `stage` (`LINEAGE`), in recording order; an
+    annotation's inputs include the stored rewards `advantage.weights` combines (none by default).
 
     Raises:
         DataError: an input is not finished yet.
     """
+    combined = stored_reward_keys(ctx.cfg.advantage) if stage == "annotate" else []
     out = {}
-    for name, uri in input_uris(ctx.layout, stage, iteration, key, mode).items():
+    for name, uri in input_uris(ctx.layout, stage, iteration, key, mode, combined).items():
         if name == CHECKPOINT:
             out[name] = read_blob_manifest(uri, ctx.storage_options).hash
         else:

@@ -45,6 +45,7 @@ class ReportFiles:
 
     html: Path
     images: list[Path] = field(default_factory=list)
+    learned: list[str] = field(default_factory=list)  # paired gains of the last evaluation over the first
 
 
 def minutes_since(when: datetime | None, start: datetime | None) -> float | None:
@@ -131,15 +132,15 @@ def eval_grid(ctx: RunContext, uri: str, per_task: int = 6) -> Any:
     )
 
 
-def eval_tables(ctx: RunContext, info: RunInfo) -> list[str]:
-    """An overview of every evaluation, and a per-task table of base vs latest checkpoint per reward."""
+def eval_tables(ctx: RunContext, info: RunInfo) -> tuple[list[str], list[str]]:
+    """An overview of every evaluation, and a per-task table of base vs latest checkpoint per reward;
+    and the paired-gain sentences (what the model learned), one per reward and step count."""
     from tpgrpo.stages.evaluate import summarize
     from tpgrpo.storage import read_table
 
     if not info.evals:
-        return [
-            html.paragraph(f"No evaluations yet: tpgrpo evaluate --run {info.run_id} --checkpoint all", True)
-        ]
+        hint = f"No evaluations yet: tpgrpo evaluate --run {info.run_id} --checkpoint all"
+        return [html.paragraph(hint, True)], []
     rows = [
         [
             e.name,
@@ -155,6 +156,7 @@ def eval_tables(ctx: RunContext, info: RunInfo) -> list[str]:
     parts = [
         html.table(["eval", "reward", "steps", "images", "score", "strict", "task-mean strict"], rows, left=2)
     ]
+    learned: list[str] = []
     by_group: dict[tuple[str, int | None], list[Any]] = {}
     for e in info.evals:
         if e.checkpoint is not None:
@@ -191,8 +193,9 @@ def eval_tables(ctx: RunContext, info: RunInfo) -> list[str]:
         )
         parts.append(html.table(headers, body))
         if len(chosen) == 2:
-            parts.append(html.paragraph(gain_text(ctx, key, chosen[0], chosen[1])))
-    return parts
+            learned.append(gain_text(ctx, key, chosen[0], chosen[1]))
+            parts.append(html.paragraph(learned[-1]))
+    return parts, learned
 
 
 def gain_text(ctx: RunContext, key: str, base: Any, last: Any) -> str:
@@ -304,7 +307,7 @@ def build_report(
     )
 
     # --- evaluations
-    eval_parts = eval_tables(ctx, info)
+    eval_parts, files.learned = eval_tables(ctx, info)
     latest = info.last_eval()
     if latest is not None:
         grid_png = out / "eval_samples.png"

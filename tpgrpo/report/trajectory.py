@@ -2,21 +2,23 @@
 
 Everything comes from the stored `rollouts`, `rewards/<key>`, `annotations/<key>/<mode>` and
 `branches` datasets of one iteration; nothing is recomputed, so what is shown is what the update
-trained on.
+trained on. Which of the window's steps the update trained (all of them, or the seeded random subset
+of `update.timestep_fraction`) is derived from the run's config, as the update derives it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.compute as pc
 
+from tpgrpo.algorithm import num_trained_steps, trained_step_mask
 from tpgrpo.errors import DataError, UserError
 from tpgrpo.schemas.images import decode_png
-from tpgrpo.storage import read_table
+from tpgrpo.storage import read_manifest, read_table
 
 if TYPE_CHECKING:
     from tpgrpo.pipeline.context import RunContext
@@ -57,6 +59,8 @@ class TrajectoryAudit:
     kept: list[bool]  # [W]
     step_reward: list[float]  # [W]
     advantage: list[float]  # [W]
+    trained: list[list[int]] = field(default_factory=list)  # [epochs] the steps j trained in each epoch
+    trained_note: str = ""  # how `trained` was derived, and whether the update read this annotation
 
     @property
     def trend(self) -> float:
@@ -97,7 +101,9 @@ def load_trajectory(
         filter=flt,
         storage_options=opts,
     ).sort_by("boundary")
-    if rewards.column("boundary").to_pylist() != list(range(w + 1)):
+    bounds = rewards.column("boundary").to_pylist()
+    final_only = bounds == [w] and not ctx.cfg.branch.completions  # only the final image was scored
+    if bounds != list(range(w + 1)) and not final_only:
         raise DataError(
             f"rewards/{reward_key} of iteration {iteration} hold boundaries "
             f"{rewards.column('boundary').to_pylist()} for trajectory {trajectory_id}, expected 0 … {w}; "
@@ -113,6 +119,7 @@ def load_trajectory(
             "rerun tpgrpo annotate with --force"
         )
     col = {name: ann.column(name).to_pylist() for name in ann.column_names}
+    trained, note = _trained_steps(ctx, iteration, trajectory_id, w, col["advantage"], reward_key, mode)
     return TrajectoryAudit(
         run_id=layout.run_id,
         iteration=iteration,
@@ -126,15 +133,60 @@ def load_trajectory(
         seed=int(row["seed"]),
         window_start=int(row["window_start"]),
         window_size=w,
-        rho=[float(v) for v in rewards.column("score").to_pylist()],
-        strict=rewards.column("strict").to_pylist(),
+        rho=[math.nan] * w * final_only + [float(v) for v in rewards.column("score").to_pylist()],
+        strict=[None] * w * final_only + rewards.column("strict").to_pylist(),
         increment=col["increment"],
         aggregated=col["aggregated"],
         turning_point=col["turning_point"],
         kept=col["kept"],
         step_reward=col["step_reward"],
         advantage=col["advantage"],
+        trained=trained,
+        trained_note=note,
     )
+
+
+def _trained_steps(
+    ctx: Any, iteration: int, trajectory_id: int, w: int, advantage: list[float], key: str, mode: str
+) -> tuple[list[list[int]], str]:
+    """The steps `j` the update trains of this trajectory in each epoch, and a note saying how that
+    is known: the seeded subsets of `update.timestep_fraction` (`tpgrpo.algorithm.subsets`), none when
+    `advantage.skip_zero` skips the trajectory, and whether the iteration's update read this
+    annotation (the `updates` manifest records the hash of the annotation it read)."""
+    u = ctx.cfg.update
+    fraction, epochs = u.timestep_fraction, u.epochs
+    try:
+        k = num_trained_steps(w, fraction)
+    except ValueError as err:
+        return [], f"none: {err}"
+    if ctx.cfg.advantage.skip_zero and all(a == 0 for a in advantage):
+        trained: list[list[int]] = [[] for _ in range(epochs)]
+        note = "none: its advantages are all 0 (advantage.skip_zero leaves it out)"
+    else:
+        trained = [
+            [
+                int(j)
+                for j in trained_step_mask(
+                    ctx.cfg.seed, iteration, e, np.array([trajectory_id]), w, fraction
+                )[0].nonzero()[0]
+            ]
+            for e in range(epochs)
+        ]
+        if k == w:
+            note = f"all {w} (update.timestep_fraction 1)"
+        else:
+            note = (
+                f"update.timestep_fraction {fraction:g}: {k} of {w} per epoch, a subset seeded by run seed, "
+                "iteration, epoch and trajectory"
+            )
+    try:
+        read = read_manifest(ctx.layout.updates(iteration), ctx.storage_options).inputs.get("annotations")
+    except DataError:
+        return trained, f"{note}; iteration {iteration} has no finished update yet"
+    own = read_manifest(ctx.layout.annotations(iteration, key, mode), ctx.storage_options).hash
+    if read != own:
+        return trained, f"{note}; the update of iteration {iteration} trained on another annotation"
+    return trained, note
 
 
 def _num(value: float | None, width: int = 10) -> str:
@@ -150,7 +202,8 @@ def format_trajectory(a: TrajectoryAudit) -> str:
         f"run {a.run_id}  iteration {a.iteration}  trajectory {a.trajectory_id}",
         f"prompt {a.prompt_id}: {a.prompt!r}",
         f"group {a.group_id}  batch {a.batch}  seed {a.seed}  window [{w0}, {w0 + a.window_size})",
-        f"reward {a.reward_key}  mode {a.mode}  trend Δ = rho_W - rho_0 = {a.trend:+.4f}",
+        f"reward {a.reward_key}  mode {a.mode}  trend Δ = rho_W - rho_0 = "
+        + (f"{a.trend:+.4f}" if not math.isnan(a.trend) else "- (only the final image was scored)"),
         "",
         f"{'j':>3}{'grid':>6}{'rho_j':>10}{'d_j':>10}{'r_agg_j':>10}{'tp':>5}{'kept':>6}"
         f"{'step_reward':>13}{'advantage':>11}",
@@ -168,6 +221,11 @@ def format_trajectory(a: TrajectoryAudit) -> str:
     kept = [j for j in range(a.window_size) if a.kept[j]]
     lines.append("")
     lines.append(f"turning points: detected at steps {tps or 'none'}, kept at {kept or 'none'}")
+    if a.trained and any(a.trained) and any(len(t) < a.window_size for t in a.trained):
+        epochs = "; ".join(f"epoch {e} {steps}" for e, steps in enumerate(a.trained))
+        lines.append(f"trained steps: {epochs} ({a.trained_note})")
+    else:
+        lines.append(f"trained steps: {a.trained_note}")
     return "\n".join(lines)
 
 
@@ -183,6 +241,11 @@ def trajectory_strip(ctx: RunContext, a: TrajectoryAudit, *, scale: int = 3) -> 
         storage_options=ctx.storage_options,
     ).sort_by("boundary")
     if table.column("boundary").to_pylist() != list(range(a.window_size + 1)):
+        if math.isnan(a.rho[0]):
+            raise UserError(
+                f"run {a.run_id} was trained without completions (branch.completions=false): iteration "
+                f"{a.iteration} holds the final image of trajectory {a.trajectory_id} alone, no strip to draw"
+            )
         raise DataError(
             f"branches of iteration {a.iteration} lack images of trajectory {a.trajectory_id}; "
             "rerun the branch stage with --force"

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from tpgrpo.config import config_data_hash
 from tpgrpo.errors import DataError
 from tpgrpo.pipeline.lineage import annotate_config_hash, input_uris, score_config_hashes, stage_config_hash
+from tpgrpo.stages.annotate import stored_reward_keys
 from tpgrpo.storage import Manifest, verify_dataset
 from tpgrpo.storage.blobs import BLOB_MANIFEST, read_blobs
 from tpgrpo.storage.files import read_bytes
@@ -239,12 +240,14 @@ class _Verifier:
             if i in iterations and self.status(rollouts) == "missing" and not self.live:
                 self.fault(rollouts, "missing although the iteration directory exists")
             w = self.window_size(rollouts)
+            # one image per window boundary, or the final image alone without completions
+            boundaries = (w + 1 if cfg.branch.completions else 1) if w is not None else None
             self.dataset(
                 branches,
                 "branches",
                 input_uris(layout, "branch", i),
                 stage_config_hash(cfg, "branch"),
-                rows=n * (w + 1) if w is not None else None,
+                rows=n * boundaries if boundaries is not None else None,
             )
             for key in layout.list_rewards(i):
                 spec_hash = score_config_hashes(cfg.reward.spec) if key == self.reward_key else None
@@ -253,13 +256,14 @@ class _Verifier:
                     "rewards",
                     input_uris(layout, "score", i, key),
                     spec_hash,
-                    rows=n * (w + 1) if w is not None else None,
+                    rows=n * boundaries if boundaries is not None else None,
                 )
+                combined = stored_reward_keys(cfg.advantage)  # rewards advantage.weights combines
                 for mode in layout.list_annotations(i, key):
                     self.dataset(
                         layout.annotations(i, key, mode),
                         "annotations",
-                        input_uris(layout, "annotate", i, key, mode),
+                        input_uris(layout, "annotate", i, key, mode, combined),
                         annotate_config_hash(cfg, mode),
                         rows=n * w if w is not None else None,
                     )

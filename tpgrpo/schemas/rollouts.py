@@ -8,7 +8,7 @@ Columns:
     - `prompt` (`string`), `seed` (`int64`): what reproduces the initial noise `s_0`.
     - `num_steps` (`int32`): `T`, grid steps.
     - `window_start` (`int32`), `window_size` (`int32`): the SDE window `[w0, w0 + W)`.
-    - `sampler` (`string`): `"sde"` or `"cps"`; `noise_level` (`float32`): `a`;
+    - `sampler` (`string`): `"sde"`, `"cps"` or `"dance"`; `noise_level` (`float32`): `a`;
       `guidance_scale` (`float32`): CFG scale `g`.
     - `sigmas` (`list<float32>`, `[T+1]`): the noise grid `σ_0 = 1 … σ_T = 0`.
     - `states` (`large_binary`, nullable) + `states_dtype` (`string`) + `states_shape`

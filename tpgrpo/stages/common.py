@@ -21,6 +21,7 @@ from tpgrpo.algorithm import (
     Window,
     flow_match_sigmas,
     grid_step_stds,
+    num_trained_steps,
     resolve_window,
     window_problems,
 )
@@ -112,7 +113,19 @@ def window_check(cfg: Config) -> list[str]:
     if sigmas is None:
         return []
     s = cfg.sampling
-    return window_problems(sigmas, s.sampler, s.noise_level, s.window_start, s.window_size)
+    problems = window_problems(sigmas, s.sampler, s.noise_level, s.window_start, s.window_size)
+    if problems:
+        return problems
+    return trained_steps_problems(cfg, run_window(cfg, sigmas))
+
+
+def trained_steps_problems(cfg: Config, window: Window) -> list[str]:
+    """What is wrong with `update.timestep_fraction` on `window` (empty: it trains at least one step)."""
+    try:
+        num_trained_steps(window.size, cfg.update.timestep_fraction)
+    except ValueError as err:
+        return [str(err)]
+    return []
 
 
 def describe_window(cfg: Config) -> str:
@@ -148,7 +161,8 @@ def make_grid(cfg: Config, policy: Policy | float) -> Grid:
             callers without a policy.
 
     Raises:
-        ConfigError: the window breaks SPEC §2's floor on this grid (see `run_window`).
+        ConfigError: the window breaks SPEC §2's floor on this grid (see `run_window`), or
+            `update.timestep_fraction` trains no step of it.
     """
     steps = cfg.sampling.num_steps
     if isinstance(policy, bool):
@@ -159,6 +173,9 @@ def make_grid(cfg: Config, policy: Policy | float) -> Grid:
         sigmas = policy.sigmas(steps, cfg.model.height, cfg.model.width)  # [T+1]
     window = run_window(cfg, sigmas)
     window.validate(steps, cfg.sampling.sampler)
+    problems = trained_steps_problems(cfg, window)
+    if problems:
+        raise ConfigError(problems)
     return Grid(sigmas, window)
 
 

@@ -1,6 +1,7 @@
 """Stage 1, rollout: G trajectories per prompt under the current policy, every state recorded.
 
-For each trajectory (SPEC §3): initial noise `s_0` from its own seed; `T` steps on the grid, the
+For each trajectory (SPEC §3): initial noise `s_0` from its own seed (or, with
+`rollout.same_noise_per_group`, the `s_0` of its group's first trajectory); `T` steps on the grid, the
 window steps `k ∈ [w0, w0 + W)` drawn with the stochastic sampler (its log-prob recorded), the
 others ODE steps; all states `s_0 … s_T`; for each window step also the ODE-step state
 `s_k + (σ_{k+1} − σ_k)·v_k`, so the branch stage starts each completion one step further for free;
@@ -49,6 +50,9 @@ class Trajectory:
     prompt_id: str
     prompt: str
     seed: int
+    noise_seed: int | None = None
+    """Seed of the initial noise `s_0` when it is not the trajectory's own (`rollout.same_noise_per_group`:
+    the seed of the group's first trajectory, so the whole group starts from its `s_0`)."""
 
 
 def plan_trajectories(prompts: Any, cfg: Config, iteration: int) -> list[Trajectory]:
@@ -63,8 +67,12 @@ def plan_trajectories(prompts: Any, cfg: Config, iteration: int) -> list[Traject
     g = cfg.rollout.group_size
     out = []
     for group_id, row in enumerate(rows.tolist()):
+        # DanceGRPO's init_same_noise: every member starts from the group's first member's s_0 (the
+        # step noise stays each trajectory's own)
+        first = trajectory_seed(cfg.seed, iteration, group_id * g)
         for member in range(g):
             tid = group_id * g + member
+            seed = trajectory_seed(cfg.seed, iteration, tid)
             out.append(
                 Trajectory(
                     trajectory_id=tid,
@@ -72,10 +80,20 @@ def plan_trajectories(prompts: Any, cfg: Config, iteration: int) -> list[Traject
                     batch=group_id // cfg.rollout.prompts_per_batch,
                     prompt_id=ids[row],
                     prompt=texts[row],
-                    seed=trajectory_seed(cfg.seed, iteration, tid),
+                    seed=seed,
+                    noise_seed=first if cfg.rollout.same_noise_per_group and first != seed else None,
                 )
             )
     return out
+
+
+def initial_noise(t: Trajectory, shape: tuple[int, int, int], window_size: int) -> tuple[Any, Any]:
+    """`s_0` `[C, h, w]` and the window's step noise `[W, C, h, w]` of trajectory `t`: both from its
+    seed, or `s_0` from `t.noise_seed` (the group's first trajectory's `s_0`, drawn the same way)."""
+    s0, eps = trajectory_noise(t.seed, shape, window_size)
+    if t.noise_seed is not None:
+        s0 = trajectory_noise(t.noise_seed, shape, 0)[0]  # [C, h, w]
+    return s0, eps
 
 
 @torch.no_grad()
@@ -90,7 +108,7 @@ def sample_trajectories(
     """
     shape = policy.latent_shape(cfg.model.height, cfg.model.width)
     window = grid.window
-    noise = [trajectory_noise(t.seed, shape, window.size) for t in trajectories]
+    noise = [initial_noise(t, shape, window.size) for t in trajectories]
     x = torch.stack([s0 for s0, _ in noise]).to(policy.device)  # [B, C, h, w]
     eps = torch.stack([e for _, e in noise]).to(policy.device)  # [B, W, C, h, w]
     cond = encode_prompts(policy, [t.prompt for t in trajectories])

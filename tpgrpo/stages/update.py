@@ -9,6 +9,10 @@ run seed, iteration and epoch) and split into `update.optimizer_steps` equal par
 transitions accumulate, in micro-batches, into one optimizer step (grad-norm clipped). The EMA of
 the adapter is updated every `update.ema_every` optimizer steps.
 
+With `update.timestep_fraction < 1`, each trajectory trains only a random subset of its window's
+steps in each epoch (`tpgrpo.algorithm.subsets`: seeded by run seed, iteration, epoch and trajectory
+id, so a resume trains the same transitions), and the loss is the mean over the trained transitions.
+
 Per-step diagnostics: a part's transitions are processed step by step (`j = 0 … W−1`, each step's
 transitions in micro-batches of that step only), and the gradient accumulated over step `j` is
 taken out and kept apart (`StepGradients`): exactly the gradient of step `j`'s part of the loss,
@@ -36,9 +40,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpgrpo.algorithm import grpo_loss, kl_to_reference, sampler_step, zero_advantage_mask
+from tpgrpo.algorithm import (
+    grpo_loss,
+    kl_to_reference,
+    num_trained_steps,
+    sampler_step,
+    trained_step_mask,
+    zero_advantage_mask,
+)
 from tpgrpo.config import Config
-from tpgrpo.errors import DataError
+from tpgrpo.errors import ConfigError, DataError
 from tpgrpo.models.lora import lora_parameters, reference_mode
 from tpgrpo.schemas.tensors import decode_tensor_column
 from tpgrpo.stages.checkpoints import TrainState
@@ -331,13 +342,38 @@ def set_gradient_checkpointing(transformer: Any, enabled: bool) -> None:
         transformer.disable_gradient_checkpointing()
 
 
-def advantage_by_step(adv: torch.Tensor) -> dict[str, list[float]]:
+def advantage_by_step(adv: torch.Tensor, trained: np.ndarray | None = None) -> dict[str, list[float]]:
     """Per trained step of `adv` `[n, W]` (an optimizer step's trajectories): the mean |advantage|
-    (`adv_abs_by_step`) and the share of non-zero advantages (`adv_nonzero_by_step`), `[W]` each."""
+    (`adv_abs_by_step`) and the share of non-zero advantages (`adv_nonzero_by_step`), `[W]` each,
+    over the transitions trained (`trained` `[n, W]` bool, `update.timestep_fraction`; None: all;
+    0 for a step none of them trains)."""
+    if trained is None or trained.all():
+        return {
+            "adv_abs_by_step": adv.abs().mean(dim=0).double().tolist(),  # [W]
+            "adv_nonzero_by_step": (adv != 0).double().mean(dim=0).tolist(),  # [W]
+        }
+    m = torch.from_numpy(trained).double()  # [n, W]
+    count = m.sum(dim=0).clamp(min=1)  # [W]
+    a = adv.double()  # [n, W]
     return {
-        "adv_abs_by_step": adv.abs().mean(dim=0).double().tolist(),  # [W]
-        "adv_nonzero_by_step": (adv != 0).double().mean(dim=0).tolist(),  # [W]
+        "adv_abs_by_step": ((a.abs() * m).sum(dim=0) / count).tolist(),  # [W]
+        "adv_nonzero_by_step": (((a != 0).double() * m).sum(dim=0) / count).tolist(),  # [W]
     }
+
+
+def trained_steps(cfg: Config, data: UpdateData, iteration: int, epoch: int) -> np.ndarray:
+    """`[N, W]` bool: the window steps each trajectory of `data` trains in `epoch` (all of them unless
+    `update.timestep_fraction` < 1; see `tpgrpo.algorithm.subsets`).
+
+    Raises:
+        ConfigError: the fraction trains no step of this window.
+    """
+    fraction = cfg.update.timestep_fraction
+    try:
+        num_trained_steps(data.window_size, fraction)
+    except ValueError as err:
+        raise ConfigError([str(err)]) from None
+    return trained_step_mask(cfg.seed, iteration, epoch, data.trajectory_ids, data.window_size, fraction)
 
 
 def train_iteration(
@@ -375,16 +411,19 @@ def train_iteration(
     try:
         for epoch in range(cfg.update.epochs):
             order = np.random.default_rng([cfg.seed, iteration, epoch, 2]).permutation(keep)
+            trained = trained_steps(cfg, data, iteration, epoch)  # [N, W] bool
             for part in np.array_split(order, parts):
                 rows = [int(r) for r in part]
                 if not rows:
                     continue
-                total_transitions = len(rows) * data.window_size
+                # the mean over the trained transitions: with timestep_fraction < 1 each trajectory's
+                # loss is divided by its number of trained steps (DanceGRPO's `/ train_timesteps`)
+                total_transitions = int(trained[rows].sum())
                 stats = StepStats(data.window_size)
                 optimizer.zero_grad(set_to_none=True)
                 grads = StepGradients(list(params.values()), dp)
                 for j in range(data.window_size):  # step by step: per-step gradient norms
-                    step_items = [(r, j) for r in rows]
+                    step_items = [(r, j) for r in rows if trained[r, j]]
                     lo, hi = dp.share(len(step_items))  # this rank's slice (all of it when alone)
                     for mb in _micro_batches(step_items[lo:hi], cfg.update.micro_batch):
                         out = transition_loss(policy, cfg, data, mb, cond, uncond)
@@ -416,7 +455,7 @@ def train_iteration(
                         "epoch": epoch,
                         "samples": stats.samples,
                         "grad_norm_by_step": grads.norms,
-                        **advantage_by_step(data.advantages[rows]),
+                        **advantage_by_step(data.advantages[rows], trained[rows]),
                     }
                 )
                 bar.update(1)
