@@ -104,3 +104,10 @@ def test_a_dancegrpo_iteration(flow_pipeline: Path, prefect_env: dict[str, str],
         steps.run_stage(ctx, "update", 0, force=True)
     after = read_blobs(layout.checkpoint(1))[1]
     assert before.keys() == after.keys() and all(before[k] == after[k] for k in before)
+
+    # the report of a run without completions draws no branch strips, and says why
+    from tpgrpo.report.build import build_report
+
+    files = build_report(ctx, tmp_path / "report")
+    assert "Trained without completions" in files.html.read_text()
+    assert not any(p.name.startswith("strips_") for p in files.images)

@@ -370,9 +370,15 @@ def build_report(
         health_parts.append(html.paragraph("No warnings.", True))
     sections.append(html.section("Learning health", *health_parts))
 
-    # --- example strips
+    # --- example strips (branch images: none without completions)
     strip_parts = []
-    for i in sorted({iterations[0], iterations[-1]}) if iterations else []:
+    if not cfg.branch.completions:
+        note = (
+            "Trained without completions (branch.completions: false): a trajectory stores its final "
+            "image only, so there are no branch strips to draw."
+        )
+        sections.append(html.section("Example trajectories", html.paragraph(note, True)))
+    for i in sorted({iterations[0], iterations[-1]}) if iterations and cfg.branch.completions else []:
         say(f"drawing example trajectories of iteration {i}")
         strips = [
             trajectory_strip(ctx, load_trajectory(ctx, i, t, key, m), scale=2)
