@@ -61,8 +61,8 @@ def prefect_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     home = Path(os.environ["PREFECT_HOME"]).expanduser()
-    try:  # Prefect makes only the last level; a missing parent cost a 2-minute server timeout
-        home.mkdir(parents=True, exist_ok=True)
+    try:  # Prefect makes only the last level (when it runs); a missing parent cost a 2-minute timeout
+        home.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         message = f"cannot create PREFECT_HOME {str(home)!r} ({err.strerror})"
         _fail(f"{message}; point PREFECT_HOME at a writable folder", 2)
