@@ -65,7 +65,7 @@ RUN set -eux; \
 RUN set -eux; \
     useradd --create-home --uid 10001 --shell /usr/sbin/nologin tpgrpo; \
     mkdir -p /work/runs; \
-    cp -r /opt/tpgrpo/configs /work/configs; \
+    cp -rL /opt/tpgrpo/configs /work/configs; \
     chown -R tpgrpo:tpgrpo /work
 USER tpgrpo
 WORKDIR /work

@@ -546,7 +546,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(
-            [f"config file {str(p)!r} not found; pass an existing YAML file (e.g. configs/tiny.yaml)"]
+            [
+                f"config file {str(p)!r} not found; pass an existing YAML file, or the name of a "
+                "shipped config (tiny, tiny_pref, dance_tiny, sd35m_geneval, sd35m_ocr, sd35m_pickscore, "
+                "flux_pickscore)"
+            ]
         )
     try:
         text = p.read_text(encoding="utf-8")

@@ -18,7 +18,11 @@ if TYPE_CHECKING:
     from tpgrpo.pipeline.context import RunContext
 
 DEFAULT_CONFIG = "configs/tiny.yaml"
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # tpgrpo/configs: inside the wheel too
 
+ConfigArgument = Annotated[
+    str, typer.Argument(help="Experiment YAML, or the name of a shipped config (tiny, sd35m_pickscore, ...)")
+]
 RootOption = Annotated[
     str | None,
     typer.Option(
@@ -83,12 +87,21 @@ def check_output_dir(path: str, option: str) -> None:
         raise UserError(f"{option} {path!r}: {str(existing)!r} is not writable; pick another folder")
 
 
-def default_config_path() -> str:
-    """`configs/tiny.yaml` of the working directory, else the one next to the package (checkout)."""
-    if Path(DEFAULT_CONFIG).is_file():
-        return DEFAULT_CONFIG
-    beside = Path(__file__).resolve().parents[2] / DEFAULT_CONFIG
-    return str(beside) if beside.is_file() else DEFAULT_CONFIG
+def shipped_configs() -> list[str]:
+    """The names of the configs shipped in the package (`tiny`, `sd35m_pickscore`, ...)."""
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config(config: str | None) -> str:
+    """A config argument as a path: a YAML file as given; the name of a shipped config (`tiny`,
+    `sd35m_pickscore`, ...); None: `configs/tiny.yaml` of the working directory, else the shipped
+    one (so `tpgrpo train` works from an installed wheel in any folder)."""
+    if config is None:
+        return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else str(SHIPPED_CONFIGS / "tiny.yaml")
+    named = SHIPPED_CONFIGS / f"{config}.yaml"
+    if not Path(config).exists() and "/" not in config and named.is_file():
+        return str(named)
+    return config
 
 
 def load_run(run_id: str, root: str | None) -> RunContext:

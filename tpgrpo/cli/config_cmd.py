@@ -7,14 +7,14 @@ from typing import Annotated
 
 import typer
 
-from tpgrpo.cli.common import SetOption, echo
+from tpgrpo.cli.common import ConfigArgument, SetOption, echo, resolve_config
 
 app = typer.Typer(help="Validate or show experiment configs.", no_args_is_help=True)
 
 
 @app.command("validate")
 def validate(
-    config: Annotated[str, typer.Argument(help="Experiment YAML")],
+    config: ConfigArgument,
     overrides: SetOption = None,
     other_machine: Annotated[
         bool,
@@ -33,7 +33,7 @@ def validate(
     from tpgrpo.stages.common import describe_window, window_check
     from tpgrpo.stages.prompts import check_prompts_for_reward, run_prompts
 
-    cfg = load_config(config, overrides or [])
+    cfg = load_config(resolve_config(config), overrides or [])
     problems: list[str] = []
     if not other_machine:
         from tpgrpo.models.devices import check_model_device
@@ -59,10 +59,10 @@ def validate(
 
 @app.command("show")
 def show(
-    config: Annotated[str, typer.Argument(help="Experiment YAML")],
+    config: ConfigArgument,
     overrides: SetOption = None,
 ) -> None:
     """Print the resolved config (defaults filled in, credentials redacted) as JSON."""
     from tpgrpo.config import load_config
 
-    echo(json.dumps(load_config(config, overrides or []).public_dict(), indent=2))
+    echo(json.dumps(load_config(resolve_config(config), overrides or []).public_dict(), indent=2))

@@ -10,16 +10,19 @@ from tpgrpo.cli.common import (
     RootOption,
     RunOption,
     SetOption,
-    default_config_path,
     echo,
     load_run,
+    resolve_config,
     resolve_root,
 )
 
 
 def train(
     config: Annotated[
-        str | None, typer.Argument(help="Experiment YAML [default: configs/tiny.yaml, the embedded demo]")
+        str | None,
+        typer.Argument(
+            help="Experiment YAML, or a shipped config's name (tiny, sd35m_pickscore, ...) [default: tiny]"
+        ),
     ] = None,
     run_id: Annotated[
         str | None, typer.Option("--run-id", help="Run id [default: the config's name]; same id resumes")
@@ -43,7 +46,7 @@ def train(
     from tpgrpo.pipeline.context import RunContext
     from tpgrpo.pipeline.start import preflight
 
-    cfg = load_config(config or default_config_path(), overrides or [])
+    cfg = load_config(resolve_config(config), overrides or [])
     base = resolve_root(root, cfg.storage.root)
     # bad input fails here with one message, before anything is written: not even the temporary
     # Prefect server's home (`train` checks again under the run lock, from its own callers too)
