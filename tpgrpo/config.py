@@ -27,6 +27,7 @@ from pydantic import (
     StrictBool,
     ValidationError,
     field_serializer,
+    field_validator,
     model_validator,
 )
 
@@ -136,6 +137,24 @@ class BranchConfig(_Strict):
         description="complete every window state; false: only the final image is scored (flow_grpo only; "
         "the cost of Flow-GRPO, but the run cannot be re-annotated into step-level modes)",
     )
+    estimator: Text = Field(
+        "exact",
+        description="how each window state's completion C(s_k) is estimated (docs/operations.md): exact "
+        "(every remaining grid step), coarse (branch.coarse_steps Euler steps to σ = 0), x0 (one step from "
+        "the rollout's own velocity, no model evaluation), prefix:K (exact for the first K boundaries, "
+        "the final reward ρ_W after)",
+    )
+    coarse_steps: Int | None = Field(
+        None, ge=1, le=3, description="Euler steps of a coarse completion (1–3); null: 2. Only with coarse"
+    )
+
+    @field_validator("estimator")
+    @classmethod
+    def _estimator(cls, value: str) -> str:
+        from tpgrpo.algorithm.estimators import parse_estimator
+
+        parse_estimator(value)  # raises ValueError naming the valid values
+        return value
 
 
 class RewardConfig(_Strict):
@@ -259,6 +278,26 @@ class Config(_Strict):
                 "sampling: the cps sampler has zero noise at the last step; keep window_start + "
                 f"window_size ≤ num_steps − 1 = {t - 1}"
             )
+        if self.branch.coarse_steps is not None and self.branch.estimator != "coarse":
+            out.append(
+                f"branch.coarse_steps is set but branch.estimator is {self.branch.estimator!r}; set "
+                "branch.estimator=coarse or remove coarse_steps"
+            )
+        if self.branch.estimator != "exact" and not self.branch.completions:
+            out.append(
+                f"branch.estimator={self.branch.estimator} estimates completions, but branch.completions "
+                "is false (flow_grpo scores final images only); use branch.estimator=exact"
+            )
+        prefix = self.branch.estimator.removeprefix("prefix:")
+        if self.branch.estimator.startswith("prefix:") and prefix.isdigit():
+            # W ≤ T − 1 whatever the window; an explicit window bounds it here, the default one is
+            # checked on the model's grid (`stages.common.window_check`) and again by the branch stage
+            width = w if w is not None else t - 1
+            if int(prefix) > width:
+                out.append(
+                    f"branch.estimator=prefix:{prefix} needs K ≤ W, the window's {width} boundaries "
+                    f"(prefix:{width} is exact); lower K"
+                )
         if not self.branch.completions and self.reward.mode != "flow_grpo":
             out.append(
                 f"branch.completions=false leaves no intermediate rewards for mode {self.reward.mode}; "

@@ -22,6 +22,7 @@ from tpgrpo.algorithm import (
     resolve_window,
     window_problems,
 )
+from tpgrpo.algorithm.estimators import prefix_problems
 from tpgrpo.config import Config
 from tpgrpo.errors import ConfigError
 from tpgrpo.storage.provenance import config_hash
@@ -160,7 +161,12 @@ def window_check(cfg: Config) -> list[str]:
     if sigmas is None:
         return []
     s = cfg.sampling
-    return window_problems(sigmas, s.sampler, s.noise_level, s.window_start, s.window_size)
+    problems = window_problems(sigmas, s.sampler, s.noise_level, s.window_start, s.window_size)
+    if problems:
+        return problems
+    # issue 18: prefix:K needs K ≤ W, known once the window is (the default one needs the grid)
+    window = resolve_window(sigmas, s.sampler, s.noise_level, s.window_start, s.window_size)
+    return prefix_problems(cfg.branch.estimator, window.size)
 
 
 def describe_window(cfg: Config) -> str:
