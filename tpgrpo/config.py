@@ -148,6 +148,13 @@ class BranchConfig(_Strict):
         None, ge=1, le=3, description="Euler steps of a coarse completion (1–3); null: 2. Only with coarse"
     )
 
+    @property
+    def estimator_label(self) -> str:
+        """The estimator as manifests and `runs show` name it: `exact`, `coarse:2`, `x0`, `prefix:3`."""
+        if self.estimator == "coarse":
+            return f"coarse:{2 if self.coarse_steps is None else self.coarse_steps}"
+        return self.estimator
+
     @field_validator("estimator")
     @classmethod
     def _estimator(cls, value: str) -> str:

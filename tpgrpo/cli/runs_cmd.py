@@ -101,6 +101,7 @@ def show(
     cfg = info.config
     stored = read_run_record(ctx.layout) or {}
     window = format_windows(run_windows(ctx), cfg)
+    estimators = _stored_estimators(ctx, info)
     groups = cfg.rollout.prompts_per_batch * cfg.rollout.batches_per_iteration
     holder = info.holder
     others = {i: [k for k in keys if k != info.reward_key] for i, keys in info.reward_keys.items()}
@@ -117,6 +118,7 @@ def show(
                 "code_version": stored.get("code_version"),
                 "reward_key": info.reward_key,
                 "window": window,
+                "branch_estimators": estimators,
                 "config": cfg,
                 "iterations": [{**plain(r), "reached": stage_reached(r)} for r in info.iterations],
                 "rescored": rescored,
@@ -137,6 +139,9 @@ def show(
         f"eval steps {cfg.sampling.eval_steps}",
         f"rollout    {groups} prompt groups x G={cfg.rollout.group_size} per iteration "
         f"(prompts {cfg.rollout.prompts}), {cfg.rollout.shards} shard(s)",
+        f"branch     estimator {_estimators(cfg.branch.estimator_label, estimators)}, "
+        f"completions {cfg.branch.completions}, "
+        f"reuse rollout velocity {cfg.branch.reuse_rollout_velocity}",
         f"reward     {json.dumps(cfg.reward.spec)} (key {info.reward_key}), mode {cfg.reward.mode}, "
         f"initial_step {cfg.reward.initial_step}, balance {cfg.reward.balance}",
         f"update     lr {u.lr:g}, LoRA rank {u.lora_rank}, {u.optimizer_steps} optimizer steps x {u.epochs} "
@@ -170,6 +175,27 @@ def show(
     else:
         lines.append(f"evaluations none (run: tpgrpo evaluate --run {info.run_id})")
     echo("\n".join(lines))
+
+
+def _stored_estimators(ctx: Any, info: Any) -> dict[int, str]:
+    """Iteration -> the estimator its finished branches manifest records (issue 18; manifests
+    written before it record none: `exact`)."""
+    from tpgrpo.report.runs import manifest_or_none
+
+    stored = {}
+    for r in info.iterations:
+        m = manifest_or_none(ctx.layout.branches(r.iteration), ctx.storage_options)
+        if m is not None:
+            stored[r.iteration] = str(m.metrics.get("estimator", "exact"))
+    return stored
+
+
+def _estimators(own: str, stored: dict[int, str]) -> str:
+    """The config's estimator, and the stored ones where they differ."""
+    other = {i: e for i, e in stored.items() if e != own}
+    if not other:
+        return own
+    return own + " (stored: " + ", ".join(f"iteration {i}: {e}" for i, e in other.items()) + ")"
 
 
 @app.command("invalidate")
