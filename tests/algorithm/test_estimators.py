@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -113,7 +115,7 @@ def test_straight_paths_make_every_estimator_exact() -> None:
     for steps in (1, 2, 3, 5):
         x = s_k
         path = coarse_path(5, 10, steps)
-        for g, g_next in zip(path[:-1], path[1:], strict=True):
+        for g, g_next in itertools.pairwise(path):
             x = euler_to(x, field(x, float(sigmas[g])), float(sigmas[g]), float(sigmas[g_next]))
         torch.testing.assert_close(x, a, rtol=0, atol=1e-6)
     torch.testing.assert_close(x0_estimate(s_k, field(s_k, 0.71), 0.71), a, rtol=0, atol=1e-6)

@@ -75,7 +75,8 @@ def test_x0_is_one_step_from_the_rollout_velocity(make_cfg: Any, policy: Any, tm
             continue
         k, s = b.grid_index, states[b.trajectory_id, b.grid_index]
         v = (odes[b.trajectory_id, b.boundary] - s) / (sigmas[k + 1] - sigmas[k])
-        torch.testing.assert_close(x0.latents[x0.latent_row[i]], x0_estimate(s[None], v[None], float(sigmas[k]))[0])
+        expected = x0_estimate(s[None], v[None], float(sigmas[k]))[0]  # [C, h, w]
+        torch.testing.assert_close(x0.latents[x0.latent_row[i]], expected)
     fresh = branch.complete_branches(
         policy,
         make_cfg(branch__estimator="coarse", branch__coarse_steps=1, branch__reuse_rollout_velocity=False),
