@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from tpgrpo.algorithm.estimators import parse_estimator
@@ -124,3 +125,35 @@ def test_config_validate_lists_estimator_problems() -> None:
     assert "needs K ≤ W" in "\n".join(out.exception.problems)
     out = runner.invoke(app, ["config", "validate", CONFIG, "--set", "branch.estimator=x0"])
     assert out.exit_code == 0, out.output
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "exact",
+        "coarse",
+        "x0",
+        "prefix:1",
+        "prefix:12",
+        "prefix:0",
+        "prefix:",
+        "prefix",
+        "x0:1",
+        "coarse:2",
+        "Exact",
+        "",
+    ],
+)
+def test_config_grammar_matches_the_parser(value: str) -> None:
+    """config.py checks the estimator without importing torch; it accepts what the parser does."""
+    try:
+        parse_estimator(value)
+        parsed = True
+    except ValueError:
+        parsed = False
+    try:
+        Config.model_validate({"branch": {"estimator": value}})
+        valid = True
+    except ValidationError:
+        valid = False
+    assert valid == parsed, value

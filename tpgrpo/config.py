@@ -158,9 +158,17 @@ class BranchConfig(_Strict):
     @field_validator("estimator")
     @classmethod
     def _estimator(cls, value: str) -> str:
-        from tpgrpo.algorithm.estimators import parse_estimator
-
-        parse_estimator(value)  # raises ValueError naming the valid values
+        # the grammar of `tpgrpo.algorithm.estimators.parse_estimator`, without importing torch
+        name, sep, arg = value.partition(":")
+        if name == "prefix":
+            if not sep or not arg.isdigit() or int(arg) < 1:
+                raise ValueError(
+                    f"{value!r}: prefix needs a number of window boundaries K ≥ 1, e.g. prefix:3"
+                )
+        elif sep or name not in ("exact", "coarse", "x0"):
+            raise ValueError(
+                f"unknown estimator {value!r}: choose one of exact, coarse, x0, prefix:K (K ≥ 1)"
+            )
         return value
 
 
