@@ -27,6 +27,7 @@ from pydantic import (
     StrictBool,
     ValidationError,
     field_serializer,
+    field_validator,
     model_validator,
 )
 
@@ -164,6 +165,39 @@ class BranchConfig(_Strict):
         description="complete every window state; false: only the final image is scored (flow_grpo only; "
         "the cost of Flow-GRPO, but the run cannot be re-annotated into step-level modes)",
     )
+    estimator: Text = Field(
+        "exact",
+        description="how each window state's completion C(s_k) is estimated (docs/operations.md): exact "
+        "(every remaining grid step), coarse (branch.coarse_steps Euler steps to σ = 0), x0 (one step from "
+        "the rollout's own velocity, no model evaluation), prefix:K (exact for the first K boundaries, "
+        "the final reward ρ_W after)",
+    )
+    coarse_steps: Int | None = Field(
+        None, ge=1, le=3, description="Euler steps of a coarse completion (1–3); null: 2. Only with coarse"
+    )
+
+    @property
+    def estimator_label(self) -> str:
+        """The estimator as manifests and `runs show` name it: `exact`, `coarse:2`, `x0`, `prefix:3`."""
+        if self.estimator == "coarse":
+            return f"coarse:{2 if self.coarse_steps is None else self.coarse_steps}"
+        return self.estimator
+
+    @field_validator("estimator")
+    @classmethod
+    def _estimator(cls, value: str) -> str:
+        # the grammar of `tpgrpo.algorithm.estimators.parse_estimator`, without importing torch
+        name, sep, arg = value.partition(":")
+        if name == "prefix":
+            if not sep or not arg.isdigit() or int(arg) < 1:
+                raise ValueError(
+                    f"{value!r}: prefix needs a number of window boundaries K ≥ 1, e.g. prefix:3"
+                )
+        elif sep or name not in ("exact", "coarse", "x0"):
+            raise ValueError(
+                f"unknown estimator {value!r}: choose one of exact, coarse, x0, prefix:K (K ≥ 1)"
+            )
+        return value
 
 
 SpecData = Text | dict[str, Any]
@@ -319,6 +353,26 @@ class Config(_Strict):
                 "sampling: the cps sampler has zero noise at the last step; keep window_start + "
                 f"window_size ≤ num_steps − 1 = {t - 1}"
             )
+        if self.branch.coarse_steps is not None and self.branch.estimator != "coarse":
+            out.append(
+                f"branch.coarse_steps is set but branch.estimator is {self.branch.estimator!r}; set "
+                "branch.estimator=coarse or remove coarse_steps"
+            )
+        if self.branch.estimator != "exact" and not self.branch.completions:
+            out.append(
+                f"branch.estimator={self.branch.estimator} estimates completions, but branch.completions "
+                "is false (flow_grpo scores final images only); use branch.estimator=exact"
+            )
+        prefix = self.branch.estimator.removeprefix("prefix:")
+        if self.branch.estimator.startswith("prefix:") and prefix.isdigit():
+            # W ≤ T − 1 whatever the window; an explicit window bounds it here, the default one is
+            # checked on the model's grid (`stages.common.window_check`) and again by the branch stage
+            width = w if w is not None else t - 1
+            if int(prefix) > width:
+                out.append(
+                    f"branch.estimator=prefix:{prefix} needs K ≤ W, the window's {width} boundaries "
+                    f"(prefix:{width} is exact); lower K"
+                )
         if not self.branch.completions and self.reward.mode != "flow_grpo":
             out.append(
                 f"branch.completions=false leaves no intermediate rewards for mode {self.reward.mode}; "

@@ -101,6 +101,16 @@ def show(
     cfg = info.config
     stored = read_run_record(ctx.layout) or {}
     window = format_windows(run_windows(ctx), cfg)
+    estimators = _stored_estimators(ctx, info)
+    summary: dict[str, str] = {}
+    for name, text in config_summary(cfg, window, info.reward_key).items():
+        summary[name] = text
+        if name == "rollout":  # issue 18: how the step rewards were estimated, per stored iteration
+            b = cfg.branch
+            summary["branch"] = (
+                f"estimator {_estimators(b.estimator_label, estimators)}, completions {b.completions}, "
+                f"reuse rollout velocity {b.reuse_rollout_velocity}"
+            )
     holder = info.holder
     others = {i: [k for k in keys if k != info.reward_key] for i, keys in info.reward_keys.items()}
     rescored = {i: keys for i, keys in others.items() if keys}
@@ -116,6 +126,7 @@ def show(
                 "code_version": stored.get("code_version"),
                 "reward_key": info.reward_key,
                 "window": window,
+                "branch_estimators": estimators,
                 "config": cfg,
                 "iterations": [{**plain(r), "reached": stage_reached(r)} for r in info.iterations],
                 "rescored": rescored,
@@ -128,7 +139,7 @@ def show(
         f"run        {info.run_id}  ({ctx.layout.run_dir})",
         f"status     {status}, {info.iterations_done}/{cfg.iterations} iterations done",
         f"created    {_when(info.created)}  code {stored.get('code_version', '-')}",
-        *(f"{name:<10} {text}" for name, text in config_summary(cfg, window, info.reward_key).items()),
+        *(f"{name:<10} {text}" for name, text in summary.items()),
         "",
         f"{'iter':>4}  {'reached':<12}{'reward_0':>10}{'reward_W':>10}{'tps':>6}{'kept':>6}{'loss':>11}"
         f"{'evals':>8}{'compute_s':>11}  finished",
@@ -158,6 +169,27 @@ def show(
     else:
         lines.append(f"evaluations none (run: tpgrpo evaluate --run {info.run_id})")
     echo("\n".join(lines))
+
+
+def _stored_estimators(ctx: Any, info: Any) -> dict[int, str]:
+    """Iteration -> the estimator its finished branches manifest records (issue 18; manifests
+    written before it record none: `exact`)."""
+    from tpgrpo.pipeline.catalog import manifest_or_none
+
+    stored = {}
+    for r in info.iterations:
+        m = manifest_or_none(ctx.layout.branches(r.iteration), ctx.storage_options)
+        if m is not None:
+            stored[r.iteration] = str(m.metrics.get("estimator", "exact"))
+    return stored
+
+
+def _estimators(own: str, stored: dict[int, str]) -> str:
+    """The config's estimator, and the stored ones where they differ."""
+    other = {i: e for i, e in stored.items() if e != own}
+    if not other:
+        return own
+    return own + " (stored: " + ", ".join(f"iteration {i}: {e}" for i, e in other.items()) + ")"
 
 
 @app.command("invalidate")

@@ -87,6 +87,8 @@ def finalize(
     datasets built from another version of this output (`report_stale_consumers`)."""
     total = {k: sum(s.get(k, 0.0) for s in stats) for k in stats[0]} if stats else {}
     metrics: dict[str, Any] = {k: v for k, v in total.items() if k not in ("seconds", "model_evals")}
+    if p.stage == "branch":  # issue 18: how the completions were estimated (no part of the hash)
+        metrics["estimator"] = ctx.cfg.branch.estimator_label
     if p.stage == "score" and total.get("images"):
         metrics["score_mean"] = total["score_sum"] / total["images"]
         if total.get("strict_count"):

@@ -15,6 +15,13 @@ cost of Flow-GRPO, which scores final images only.
 All branches of all trajectories live on one grid, so at grid index `g` every branch started at or
 before `g` has the same σ: one batch per level, cut into chunks of the model's best batch size.
 The number of model calls is about `T · ⌈active / chunk⌉`, not one call per branch and step.
+
+`branch.estimator` (issue 18, `tpgrpo.algorithm.estimators`) trades exactness for evaluations:
+`exact` (the above, the default), `coarse` (`branch.coarse_steps` Euler steps on a subset of the
+grid's points; the first from the rollout's velocity with reuse), `x0` (one step to σ = 0 from the
+rollout's velocity: `x̂0 = s_k − σ_k·v_k`, no evaluation with reuse), `prefix:K` (exact for
+boundaries `j < K`; the later ones take the final image, so `ρ_j = ρ_W` there). Every estimator
+writes the same rows: one per boundary `j = 0 … W`.
 """
 
 from __future__ import annotations
@@ -28,7 +35,15 @@ import pyarrow.compute as pc
 import torch
 
 from tpgrpo.algorithm import ode_step
+from tpgrpo.algorithm.estimators import (
+    coarse_path,
+    euler_to,
+    parse_estimator,
+    prefix_problems,
+    velocity_from_ode_state,
+)
 from tpgrpo.config import Config
+from tpgrpo.errors import ConfigError
 from tpgrpo.schemas.images import encode_png
 from tpgrpo.schemas.tensors import decode_tensor
 from tpgrpo.stages.batching import best_batch
@@ -77,6 +92,7 @@ def complete_branches(
             measured).
     """
     reuse = cfg.branch.reuse_rollout_velocity
+    est = parse_estimator(cfg.branch.estimator, cfg.branch.coarse_steps)
     prompts = sorted(set(rollouts.column("prompt").to_pylist()))
     prompt_row = {p: i for i, p in enumerate(prompts)}
     cond_all = encode_prompts(policy, prompts)
@@ -87,6 +103,8 @@ def complete_branches(
     branches: list[Branch] = []
     pending: list[int] = []  # branches with j < W, whose final latent this stage computes
     starts: list[torch.Tensor] = []  # their start states, [C, h, w] each
+    paths: list[list[int]] = []  # coarse/x0: grid indices each pending branch visits
+    known: list[torch.Tensor | None] = []  # coarse/x0: the rollout's velocity at the start, [C, h, w]
     for r in range(rollouts.num_rows):
         row = {name: rollouts.column(name)[r].as_py() for name in _SCALARS}
         states = decode_tensor(row["states"], row["states_dtype"], row["states_shape"])  # [T+1, C, h, w]
@@ -96,8 +114,29 @@ def complete_branches(
             else None
         )  # [W, C, h, w]
         w0, w, p = row["window_start"], row["window_size"], prompt_row[row["prompt"]]
+        if problems := prefix_problems(cfg.branch.estimator, w):
+            raise ConfigError(problems)
         for j in range(w if cfg.branch.completions else 0):
             k = w0 + j
+            if not est.completes(j):  # prefix:K, j ≥ K: the final image stands in (ρ_j = ρ_W)
+                branches.append(Branch(row["trajectory_id"], j, k, num_steps, p, 0))
+                continue
+            if est.kind in ("coarse", "x0"):
+                v = (
+                    velocity_from_ode_state(
+                        states[k][None], odes[j][None], sigmas[k].item(), sigmas[k + 1].item()
+                    )[0]
+                    if odes is not None
+                    else None
+                )  # [C, h, w]
+                path = coarse_path(k, num_steps, est.steps)
+                pending.append(len(branches))
+                starts.append(states[k].float())
+                paths.append(path)
+                known.append(v)
+                evals_j = len(path) - 1 - (1 if v is not None else 0)
+                branches.append(Branch(row["trajectory_id"], j, k, k, p, evals_j))
+                continue
             start, state = (k + 1, odes[j]) if odes is not None else (k, states[k])
             pending.append(len(branches))
             starts.append(state.float())
@@ -111,15 +150,26 @@ def complete_branches(
     x = torch.stack(starts).to(policy.device)  # [N, C, h, w], rows in `pending` order
     start_of = torch.tensor([branches[b].start for b in pending])  # [N]
     cond_rows = torch.tensor([branches[b].prompt_row for b in pending])  # [N]
-    size = chunk or best_batch(
-        policy,
-        (int(x.shape[1]), int(x.shape[2]), int(x.shape[3])),
-        cond_all,
-        uncond_one,
-        cfg.sampling.guidance_scale,
-        cfg.branch.chunk_size,
-        limit=len(pending),
+    needs_model = sum(branches[b].model_evals for b in pending) > 0
+    size = (
+        chunk
+        or best_batch(
+            policy,
+            (int(x.shape[1]), int(x.shape[2]), int(x.shape[3])),
+            cond_all,
+            uncond_one,
+            cfg.sampling.guidance_scale,
+            cfg.branch.chunk_size,
+            limit=len(pending),
+        )
+        if needs_model
+        else 1
     )
+    if paths:
+        x, calls, evals = _coarse_completions(
+            policy, cfg, x, paths, known, sigmas, cond_all, cond_rows, uncond_one, size
+        )
+        return BranchResult(branches, x.cpu(), latent_row, calls, evals)
     calls = evals = 0
     first = int(start_of.min())
     bar = progress_bar(total=num_steps - first, desc="branch levels", unit="level")
@@ -138,6 +188,63 @@ def complete_branches(
         bar.update(1)
     bar.close()
     return BranchResult(branches, x.cpu(), latent_row, calls, evals)
+
+
+def _coarse_completions(
+    policy: Any,
+    cfg: Config,
+    x: torch.Tensor,
+    paths: list[list[int]],
+    known: list[torch.Tensor | None],
+    sigmas: torch.Tensor,
+    cond_all: Any,
+    cond_rows: torch.Tensor,
+    uncond_one: Any,
+    size: int,
+) -> tuple[torch.Tensor, int, int]:
+    """Euler steps of every `coarse`/`x0` branch along its path of grid indices.
+
+    Branches stand at grid points, so every branch at grid index `g` has the same σ: they batch
+    together (their next points may differ). A branch's first step takes the rollout's velocity
+    where it is known (`known`), so `x0` with reuse evaluates nothing.
+
+    Args:
+        x (`torch.Tensor`): `[N, C, h, w]` start states `s_k`, updated in place.
+        paths (`list[list[int]]`): `[N]` grid indices each branch visits (`coarse_path`).
+        known (`list`): `[N]` the rollout's velocity `[C, h, w]` at the start, or None.
+
+    Returns:
+        `(latents [N, C, h, w], model calls, model evaluations)`.
+    """
+    pos = [0] * len(paths)  # where each branch stands on its path
+    levels = sorted({g for path in paths for g in path[:-1]})
+    calls = evals = 0
+    bar = progress_bar(total=len(levels), desc="branch levels", unit="level")
+    for g in levels:
+        here = [n for n, path in enumerate(paths) if pos[n] < len(path) - 1 and path[pos[n]] == g]
+        free = [n for n in here if pos[n] == 0 and known[n] is not None]
+        need = [n for n in here if not (pos[n] == 0 and known[n] is not None)]
+        sigma = sigmas[g].item()
+        if free:
+            rows = torch.tensor(free)
+            v = torch.stack([known[n] for n in free]).to(policy.device)  # type: ignore[misc]  # [n, C, h, w]
+            nxt = sigmas[[paths[n][1] for n in free]].to(policy.device)  # [n]
+            x[rows] = euler_to(x[rows], v, sigma, nxt)
+        for idx in chunks(need, size):
+            rows = torch.tensor(idx)
+            cond = cond_all.select(cond_rows[rows])
+            uncond = uncond_one.select([0] * len(idx)) if uncond_one is not None else None
+            sig = torch.full((len(idx),), sigma, device=policy.device)  # [n]
+            v = policy.velocity(x[rows], sig, cond, uncond, cfg.sampling.guidance_scale)  # [n, C, h, w]
+            nxt = sigmas[[paths[n][pos[n] + 1] for n in idx]].to(policy.device)  # [n]
+            x[rows] = euler_to(x[rows], v, sigma, nxt)
+            calls += 1
+            evals += len(idx)
+        for n in here:
+            pos[n] += 1
+        bar.update(1)
+    bar.close()
+    return x, calls, evals
 
 
 _SCALARS = (

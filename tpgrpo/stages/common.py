@@ -25,6 +25,7 @@ from tpgrpo.algorithm import (
     resolve_window,
     window_problems,
 )
+from tpgrpo.algorithm.estimators import prefix_problems
 from tpgrpo.config import Config
 from tpgrpo.errors import ConfigError
 
@@ -116,7 +117,9 @@ def window_check(cfg: Config) -> list[str]:
     problems = window_problems(sigmas, s.sampler, s.noise_level, s.window_start, s.window_size)
     if problems:
         return problems
-    return trained_steps_problems(cfg, run_window(cfg, sigmas))
+    window = run_window(cfg, sigmas)
+    # issue 18: prefix:K needs K <= W, known once the window is (the default one needs the grid)
+    return trained_steps_problems(cfg, window) + prefix_problems(cfg.branch.estimator, window.size)
 
 
 def trained_steps_problems(cfg: Config, window: Window) -> list[str]:
