@@ -20,18 +20,18 @@ iterations and evaluations it already holds.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tpgrpo.errors import DataError, UserError
+from tpgrpo.pipeline.catalog import eval_records
+from tpgrpo.pipeline.context import RunContext
 from tpgrpo.schemas.updates import BY_STEP
 from tpgrpo.storage import RunLayout, read_manifest, read_table
 from tpgrpo.storage.uri import is_s3
 
 EXTRA = "pip install 'tpgrpo[tracking]'"
-_EVAL_NAME = re.compile(r"iter=(\d{4,})(?:\.steps=(\d+))?")
 ITERATION_MARK = "tpgrpo/iteration"  # logged last for each iteration: "this step is complete"
 EVAL_MARK = "tpgrpo/checkpoint_{key}_{steps}"
 
@@ -48,6 +48,10 @@ class Sink(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def describe(self) -> str:
+        """Where it sends, in words (`TensorBoard DIR`, `MLflow URI`)."""
+        ...
 
 
 def _numeric(value: Any) -> float | None:
@@ -103,28 +107,21 @@ def iteration_metrics(
     return out
 
 
-def eval_metrics(
-    layout: RunLayout, default_steps: int, storage_options: Any = None
-) -> list[tuple[str, int, dict[str, float]]]:
-    """`(mark, checkpoint, metrics)` of every finished evaluation of a checkpoint (`iter=K` names
-    are evaluations at the run's `default_steps`)."""
+def eval_metrics(ctx: RunContext) -> list[tuple[str, int, dict[str, float]]]:
+    """`(mark, checkpoint, metrics)` of every finished evaluation of a checkpoint, from the run
+    catalog's `eval_records` (an evaluation at the run's default steps is labelled with them)."""
     out = []
-    for name, key in layout.list_evals():
-        match = _EVAL_NAME.fullmatch(name)
-        if match is None:
+    for e in eval_records(ctx):
+        if e.checkpoint is None:
             continue
-        try:
-            manifest = read_manifest(layout.eval(name, key), storage_options)
-        except DataError:
-            continue
-        steps = match.group(2) or str(default_steps)
+        steps = e.steps if e.steps is not None else ctx.cfg.sampling.eval_steps
         values = {
-            f"eval/{key}/{steps}/{metric}": number
+            f"eval/{e.reward_key}/{steps}/{metric}": number
             for metric in ("score", "strict", "task_mean_strict")
-            if (number := _numeric(manifest.metrics.get(metric))) is not None
+            if (number := _numeric(e.metrics.get(metric))) is not None
         }
         if values:
-            out.append((EVAL_MARK.format(key=key, steps=steps), int(match.group(1)), values))
+            out.append((EVAL_MARK.format(key=e.reward_key, steps=steps), e.checkpoint, values))
     return out
 
 
@@ -163,6 +160,9 @@ class TensorBoardSink:
 
     def close(self) -> None:
         self._writer.close()
+
+    def describe(self) -> str:
+        return f"TensorBoard {self.log_dir}"
 
 
 @dataclass
@@ -216,6 +216,9 @@ class MLflowSink:
     def close(self) -> None:
         self._client.set_terminated(self._run)
 
+    def describe(self) -> str:
+        return f"MLflow {self.uri}"
+
 
 def default_tensorboard_dir(layout: RunLayout) -> str:
     """`<run>/tensorboard` for a local run; `./tensorboard/<run>` for a run on S3."""
@@ -240,31 +243,30 @@ def open_sinks(
 
 @dataclass
 class Tracker:
-    """Sends a run's stored metrics to its sinks, each iteration and evaluation once per sink."""
+    """Sends a run's stored metrics (`ctx`: a loaded run) to its sinks, each iteration and
+    evaluation once per sink."""
 
-    layout: RunLayout
-    reward_key: str
-    mode: str
-    eval_steps: int
+    ctx: RunContext
     sinks: list[Sink]
-    storage_options: Any = None
 
-    def log_config(self, config: Mapping[str, Any]) -> None:
-        values = flatten(config)
+    def log_config(self) -> None:
+        values = flatten(self.ctx.cfg.public_dict())
         for sink in self.sinks:
             sink.params(values)
 
     def log_iterations(self, iterations: list[int] | None = None) -> int:
         """Log the given (default: every stored) finished iterations; returns how many were new to
         some sink."""
-        todo = self.layout.list_iterations() if iterations is None else iterations
+        ctx = self.ctx
+        todo = ctx.layout.list_iterations() if iterations is None else iterations
+        key, mode = ctx.reward_key(), ctx.cfg.reward.mode
         sent: set[int] = set()
         for sink in self.sinks:
             done = sink.logged(ITERATION_MARK)
             for i in todo:
                 if i in done:
                     continue
-                values = iteration_metrics(self.layout, i, self.reward_key, self.mode, self.storage_options)
+                values = iteration_metrics(ctx.layout, i, key, mode, ctx.storage_options)
                 if values is None:
                     continue
                 sink.metrics(i, {**values, ITERATION_MARK: float(i)})
@@ -274,10 +276,11 @@ class Tracker:
     def log_evals(self) -> int:
         """Log every finished evaluation not logged yet; returns how many were new."""
         sent: set[tuple[str, int]] = set()
-        found = eval_metrics(self.layout, self.eval_steps, self.storage_options)
+        found = eval_metrics(self.ctx)
         for sink in self.sinks:
+            done = {mark: sink.logged(mark) for mark in {mark for mark, _, _ in found}}  # one read each
             for mark, checkpoint, values in found:
-                if checkpoint in sink.logged(mark):
+                if checkpoint in done[mark]:
                     continue
                 sink.metrics(checkpoint, {**values, mark: float(checkpoint)})
                 sent.add((mark, checkpoint))
@@ -288,22 +291,37 @@ class Tracker:
             sink.close()
 
 
-def run_tracker(ctx: Any) -> Tracker | None:
-    """The tracker a run's config asks for (`tracking.*`), or None when tracking is off.
+def tracker_for(
+    ctx: RunContext,
+    *,
+    tensorboard: str | None = None,
+    mlflow_uri: str | None = None,
+    experiment: str | None = None,
+) -> Tracker | None:
+    """A tracker for a loaded run: to the given destinations, else to the run's own `tracking.*`
+    settings; None when neither names one.
 
     Raises:
         UserError: a tracking package is not installed.
     """
     t = ctx.cfg.tracking
-    if not t.tensorboard and t.mlflow_uri is None:
+    if tensorboard is None and mlflow_uri is None:
+        tensorboard = (t.tensorboard_dir or default_tensorboard_dir(ctx.layout)) if t.tensorboard else None
+        mlflow_uri = t.mlflow_uri
+    if tensorboard is None and mlflow_uri is None:
         return None
-    board = (t.tensorboard_dir or default_tensorboard_dir(ctx.layout)) if t.tensorboard else None
-    sinks = open_sinks(
-        ctx.layout, t.mlflow_experiment or ctx.cfg.name, tensorboard_dir=board, mlflow_uri=t.mlflow_uri
-    )
-    cfg = ctx.cfg
-    tracker = Tracker(
-        ctx.layout, ctx.reward_key(), cfg.reward.mode, cfg.sampling.eval_steps, sinks, ctx.storage_options
-    )
-    tracker.log_config(ctx.cfg.public_dict())
+    name = experiment or t.mlflow_experiment or ctx.cfg.name
+    sinks = open_sinks(ctx.layout, name, tensorboard_dir=tensorboard, mlflow_uri=mlflow_uri)
+    return Tracker(ctx, sinks)
+
+
+def run_tracker(ctx: RunContext) -> Tracker | None:
+    """The tracker a run's config asks for (`tracking.*`), its config logged; None when tracking is off.
+
+    Raises:
+        UserError: a tracking package is not installed.
+    """
+    tracker = tracker_for(ctx)
+    if tracker is not None:
+        tracker.log_config()
     return tracker

@@ -27,35 +27,20 @@ def track(
     diagnostics, its evaluations, and its config as params. Without options, the run's own
     `tracking.*` settings. What a sink already holds is skipped, so running it again is harmless."""
     from tpgrpo.errors import UserError
-    from tpgrpo.tracking import Tracker, default_tensorboard_dir, open_sinks
+    from tpgrpo.tracking import tracker_for
 
     ctx = load_run(run, root)
-    t = ctx.cfg.tracking
-    if tensorboard is None and mlflow_uri is None:
-        tensorboard = (t.tensorboard_dir or default_tensorboard_dir(ctx.layout)) if t.tensorboard else None
-        mlflow_uri = t.mlflow_uri
-    if tensorboard is None and mlflow_uri is None:
+    tracker = tracker_for(ctx, tensorboard=tensorboard, mlflow_uri=mlflow_uri, experiment=experiment)
+    if tracker is None:
         raise UserError(
             f"nothing to track run {run!r} into: pass --tensorboard DIR and/or --mlflow-uri URI "
             "(or set tracking.tensorboard / tracking.mlflow_uri in the run's config)"
         )
-    sinks = open_sinks(
-        ctx.layout,
-        experiment or t.mlflow_experiment or ctx.cfg.name,
-        tensorboard_dir=tensorboard,
-        mlflow_uri=mlflow_uri,
-    )
-    cfg = ctx.cfg
-    tracker = Tracker(
-        ctx.layout, ctx.reward_key(), cfg.reward.mode, cfg.sampling.eval_steps, sinks, ctx.storage_options
-    )
     try:
-        tracker.log_config(cfg.public_dict())
+        tracker.log_config()
         iterations = tracker.log_iterations()
         evals = tracker.log_evals()
     finally:
         tracker.close()
-    where = [f"TensorBoard {tensorboard}"] * (tensorboard is not None) + [f"MLflow {mlflow_uri}"] * (
-        mlflow_uri is not None
-    )
-    echo(f"run {run}: sent {iterations} iteration(s) and {evals} evaluation(s) to {' and '.join(where)}")
+    where = " and ".join(sink.describe() for sink in tracker.sinks)
+    echo(f"run {run}: sent {iterations} iteration(s) and {evals} evaluation(s) to {where}")
