@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: the machine's description and the reference reward server.
+"""Helpers shared by the benchmarks: the machine's description, the reference reward server and
+`tpgrpo` commands in subprocesses.
 
 The scripts run as `python bench/<name>.py`, so this folder is on `sys.path` and they import it as
 `_common`.
@@ -6,9 +7,13 @@ The scripts run as `python bench/<name>.py`, so this folder is on `sys.path` and
 
 from __future__ import annotations
 
+import os
 import platform
+import resource
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -40,3 +45,39 @@ def start_reward_server(concurrency: int, connections: int) -> tuple[subprocess.
         proc.kill()
         raise SystemExit(f"the reward server did not start on loopback: {banner!r}")
     return proc, banner.rsplit(" at ", 1)[1].strip()
+
+
+@dataclass(frozen=True)
+class CliRun:
+    """One finished `tpgrpo` command: its stdout (empty unless captured), wall and CPU seconds."""
+
+    stdout: str
+    wall_s: float
+    cpu_s: float
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, capture: bool = False) -> CliRun:
+    """Run `tpgrpo ARGS…` in a subprocess of this interpreter; a failure stops with its stderr.
+
+    `env` is added to this process's environment (Prefect analytics are always off). The CPU
+    seconds are those of the children that ended meanwhile: exact for one command at a time,
+    approximate when other commands run side by side in threads.
+    """
+    full_env = os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"} | (env or {})
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tpgrpo.cli.app", *args],
+        env=full_env,
+        text=True,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+        check=False,
+    )
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        tail = (proc.stderr or "")[-3000:]
+        raise RuntimeError(f"tpgrpo {' '.join(args)} failed with exit code {proc.returncode}\n{tail}")
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return CliRun(proc.stdout or "", wall, cpu)

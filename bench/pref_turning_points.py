@@ -24,28 +24,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "pref_turning_points.json"
 MODES = ("incremental", "tp", "tp_constrained")
 REWARDS = ("shapes", "shapes_pref")
 COLUMNS = ["trajectory_id", "step", "increment", "aggregated", "turning_point", "kept"]
-
-
-def _cli(*args: str) -> float:
-    """Run `tpgrpo ARGS…` in a subprocess (this interpreter); its wall time in seconds."""
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "tpgrpo.cli.app", *args], check=True, env=env)
-    return time.perf_counter() - started
 
 
 def mode_stats(columns: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -217,7 +207,7 @@ def main() -> None:
     run = ["--run", args.run_id, "--root", args.root]
     iters = f"0:{args.iterations}"
     seconds = {
-        "train": _cli(
+        "train": run_cli(
             "train",
             args.config,
             "--run-id",
@@ -226,13 +216,13 @@ def main() -> None:
             str(args.iterations),
             "--root",
             args.root,
-        ),
-        "annotate_shapes": _cli(
+        ).wall_s,
+        "annotate_shapes": run_cli(
             "annotate", *run, "--reward", "shapes", "--iters", iters, *[f"--mode={m}" for m in MODES]
-        ),
-        "rescore_shapes_pref": _cli(
+        ).wall_s,
+        "rescore_shapes_pref": run_cli(
             "rescore", *run, "--reward", "shapes_pref", "--iters", iters, *[f"--mode={m}" for m in MODES]
-        ),
+        ).wall_s,
     }
     stats = collect(args.root, args.run_id, args.iterations)
     stats["shapes_pref"]["parts"] = pref_parts(args.root, args.run_id, args.iterations)

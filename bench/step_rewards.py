@@ -33,15 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "step_rewards.json"
@@ -52,13 +50,6 @@ PREFIXES = (2, 4)
 # 144 decodes in ~2.2 s. Used only for the `sd35m_seconds_ratio_to_flow` estimate.
 SD35M_EVAL_S = 16.3 / 720
 SD35M_DECODE_S = 2.2 / 144
-
-
-def _cli(*args: str) -> float:
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "tpgrpo.cli.app", *args], check=True, env=env)
-    return time.perf_counter() - started
 
 
 def _overrides(label: str) -> list[str]:
@@ -243,7 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     layout = RunLayout(args.root, args.run_id)
     seconds: dict[str, float] = {}
     if not all(_finished(layout.updates(i)) for i in range(args.iterations)):
-        seconds["train"] = _cli(
+        seconds["train"] = run_cli(
             "train",
             args.config,
             "--run-id",
@@ -252,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             str(args.iterations),
             "--root",
             args.root,
-        )
+        ).wall_s
     record = read_run_record(layout)
     assert record is not None
     cfg = load_config_data(record["config"])
