@@ -26,7 +26,10 @@ Configurations (`--configs`, default: the four modes and `flow_grpo_fast`):
 
 Runs are resumable: each is a tpgrpo run under `--root`, its per-iteration timings and
 turning-point counts by step in `bench.json` beside it, its evaluation cached beside that; rerunning
-skips finished iterations and evaluations. Results (JSON; PNG curves against iterations, model
+skips finished iterations and evaluations. Every finished run (history and per-image evaluations)
+is also archived in `bench/results/learning_runs/<protocol>/`, committed with the code, so the
+benchmark resumes on another machine or a fresh clone, where `--root` is gone: archived runs are
+not trained again, only the missing ones. Results (JSON; PNG curves against iterations, model
 evaluations and compute seconds, and kept turning points by step) go to `bench/results/`.
 `--quick`: 2 seeds × the four modes, 40 s each (~5 minutes; a smoke test of the pipeline only).
 """
@@ -38,11 +41,13 @@ import json
 import multiprocessing
 import os
 import time
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tpgrpo.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -193,9 +198,47 @@ def eval_cache(
     return run_dir(root, run_id) / f"eval-{checkpoint}-{replicates}-{steps}{live}.json"
 
 
-def finished_run(root: Path, config: str, seed: int, replicates: int, steps: int) -> dict[str, Any] | None:
-    """A run whose training and final evaluation are stored, as `train_and_evaluate` returns it."""
+ARCHIVE = RESULTS / "learning_runs"
+
+
+def archive_dir(budget: float, replicates: int, steps: int) -> Path:
+    """The archive of one protocol: runs are comparable only at the same budget and held-out set."""
+    return ARCHIVE / f"budget{budget:g}-r{replicates}-e{steps}"
+
+
+def _rounded(x: Any) -> Any:
+    """`x` with every float rounded to 5 decimals (the archive is committed: keep it small)."""
+    if isinstance(x, float):
+        return round(x, 5)
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return x
+
+
+def archive(folder: Path, name: str, doc: dict[str, Any]) -> None:
+    """Write `<folder>/<name>.json` atomically (a crash leaves the old file or none)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.json.tmp"
+    tmp.write_text(json.dumps(_rounded(doc), separators=(",", ":")))
+    tmp.replace(folder / f"{name}.json")
+
+
+def archived(folder: Path, name: str) -> dict[str, Any] | None:
+    """An archived run or base evaluation, or None."""
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def finished_run(
+    root: Path, config: str, seed: int, replicates: int, steps: int, folder: Path | None = None
+) -> dict[str, Any] | None:
+    """A run whose training and final evaluation are stored, as `train_and_evaluate` returns it:
+    from the archive `folder` if it is there, else from `--root`."""
     run_id = f"{config}-s{seed}"
+    if folder is not None and (found := archived(folder, run_id)) is not None:
+        return found
     progress = run_dir(root, run_id) / "bench.json"
     if not progress.is_file():
         return None
@@ -300,8 +343,11 @@ def submit_jobs(
     extra: list[str],
     replicates: int,
     steps: int,
-) -> tuple[Future[dict[str, Any]], list[Future[dict[str, Any]]]]:
-    """Submit the base evaluation and every run's training and evaluation to `pool`.
+    base: bool = True,
+    train: bool = True,
+) -> tuple[Future[dict[str, Any]] | None, list[Future[dict[str, Any]]]]:
+    """Submit the base evaluation (unless `base` is false: it is archived) and every run's training
+    and evaluation (unless `train` is false) to `pool`.
 
     The base evaluation reads checkpoint 0 of the first job's run, so that run is created first (in
     the pool, waited for): on a fresh `--root` the evaluation would otherwise start before any run
@@ -310,10 +356,14 @@ def submit_jobs(
     Returns:
         the base evaluation's future and one future per job, in `jobs` order.
     """
-    pool.submit(create_run, root, *jobs[0], extra).result()
-    base = pool.submit(evaluate_run, root, f"{jobs[0][0]}-s{jobs[0][1]}", 0, replicates, steps)
+    base_future = None
+    if base:
+        pool.submit(create_run, root, *jobs[0], extra).result()
+        base_future = pool.submit(evaluate_run, root, f"{jobs[0][0]}-s{jobs[0][1]}", 0, replicates, steps)
+    if not train:
+        return base_future, []
     runs = [pool.submit(train_and_evaluate, root, c, s, budget, extra, replicates, steps) for c, s in jobs]
-    return base, runs
+    return base_future, runs
 
 
 def main() -> None:
@@ -341,26 +391,62 @@ def main() -> None:
     # The four modes first, seed by seed, then the controls: a partial run is a balanced one.
     modes, controls = [c for c in configs if c in MODES], [c for c in configs if c not in MODES]
     jobs = [(c, s) for group in (modes, controls) for s in seeds for c in group]
-    base_run = f"{jobs[0][0]}-s{jobs[0][1]}"
+    folder = archive_dir(budget, replicates, args.eval_steps)
+    found = {(c, s): finished_run(root, c, s, replicates, args.eval_steps, folder) for c, s in jobs}
+    base = archived(folder, "base")
     if args.report_only:
-        found = [finished_run(root, c, s, replicates, args.eval_steps) for c, s in jobs]
-        runs = [r for r in found if r is not None]
-        missing = [f"{c}-s{s}" for (c, s), r in zip(jobs, found, strict=True) if r is None]
+        runs = [r for r in found.values() if r is not None]
+        missing = [f"{c}-s{s}" for (c, s), r in found.items() if r is None]
         print(f"{len(runs)} of {len(jobs)} runs finished; missing: {', '.join(missing) or 'none'}")
         if not runs:
-            raise SystemExit(f"no finished run under {root}")
-        create_run(root, *jobs[0], extra)  # checkpoint 0 of the base run, if it never started
-        base = evaluate_run(root, base_run, 0, replicates, args.eval_steps)
+            raise SystemExit(f"no finished run under {root} or in {folder}")
+        if base is None:
+            create_run(root, *jobs[0], extra)  # checkpoint 0 of the base run, if it never started
+            base = evaluate_run(root, f"{jobs[0][0]}-s{jobs[0][1]}", 0, replicates, args.eval_steps)
+            archive(folder, "base", base)
     else:
         missing = []
+        todo = [job for job, r in found.items() if r is None]
+        print(f"{len(jobs) - len(todo)} of {len(jobs)} runs archived in {folder}; {len(todo)} to run")
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
             args.workers, mp_context=context, initializer=_one_thread, max_tasks_per_child=1
         ) as pool:
-            base_future, futures = submit_jobs(pool, root, jobs, budget, extra, replicates, args.eval_steps)
-            runs = [f.result() for f in futures]
-            base = base_future.result()
-    evaluate_at_partner_iterations(root, runs, replicates, args.eval_steps)
+            base_future, futures = submit_jobs(
+                pool, root, todo or jobs[:1], budget, extra, replicates, args.eval_steps,
+                base=base is None, train=bool(todo),
+            )  # fmt: skip
+            # Archive each result as it comes (an interrupted benchmark keeps every finished run),
+            # and evaluate a Flow-GRPO reference at its partner's iterations as soon as both are
+            # finished, while the reference's checkpoints are still on this machine.
+            pending: dict[Future[dict[str, Any]], tuple[str, dict[str, Any] | None]] = {
+                f: ("run", None) for f in futures
+            }
+            if base_future is not None:
+                pending[base_future] = ("base", None)
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    kind, reference = pending.pop(f)
+                    r = f.result()
+                    if kind == "base":
+                        base = r
+                        archive(folder, "base", r)
+                    elif kind == "matched" and reference is not None:
+                        reference["matched_iterations"], reference["eval_matched"] = r["checkpoint"], r
+                        archive(folder, reference["run_id"], reference)
+                    else:
+                        archive(folder, r["run_id"], r)
+                        found[(r["config"], r["seed"])] = r
+                        for ref, partner in ready_pairs(found, r):
+                            g = pool.submit(
+                                evaluate_run, root, ref["run_id"], partner["iterations"], replicates,
+                                args.eval_steps,
+                            )  # fmt: skip
+                            pending[g] = ("matched", ref)
+        runs = [r for r in found.values() if r is not None]
+    assert base is not None
+    evaluate_at_partner_iterations(root, runs, replicates, args.eval_steps, folder)
     summary = summarize(runs, base)
     RESULTS.mkdir(parents=True, exist_ok=True)
     report(summary, runs, "learning_quick" if args.quick else "learning")
@@ -396,16 +482,45 @@ def flow_reference(config: str) -> str:
 PARTNERS = {"flow_grpo": "tp_constrained", "flow_grpo_kl": "tp_constrained_kl"}
 
 
+def ready_pairs(
+    found: dict[tuple[str, int], dict[str, Any] | None], r: dict[str, Any]
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The (Flow-GRPO reference, partner) pairs that `r` completes and that still lack the
+    reference's evaluation at the partner's iterations."""
+    seed, pairs = r["seed"], []
+    for ref_config, partner_config in PARTNERS.items():
+        ref, partner = found.get((ref_config, seed)), found.get((partner_config, seed))
+        if (
+            r["config"] in (ref_config, partner_config)
+            and ref is not None
+            and partner is not None
+            and ref.get("matched_iterations") != partner["iterations"]
+        ):
+            pairs.append((ref, partner))
+    return pairs
+
+
 def evaluate_at_partner_iterations(
-    root: Path, runs: list[dict[str, Any]], replicates: int, steps: int
+    root: Path, runs: list[dict[str, Any]], replicates: int, steps: int, folder: Path | None = None
 ) -> None:
-    """Add `eval_matched` (and `matched_iterations`) to the Flow-GRPO reference runs in place."""
+    """Add `eval_matched` (and `matched_iterations`) to the Flow-GRPO reference runs in place, and
+    to their archive in `folder`. A reference whose checkpoints are gone (trained on another
+    machine) and whose archive lacks the evaluation is left without it, with a message."""
     by_key = {(r["config"], r["seed"]): r for r in runs}
     for r in runs:
         partner = by_key.get((PARTNERS.get(r["config"], ""), r["seed"]))
-        if partner is not None:
-            r["matched_iterations"] = partner["iterations"]
-            r["eval_matched"] = evaluate_run(root, r["run_id"], partner["iterations"], replicates, steps)
+        if partner is None or r.get("matched_iterations") == partner["iterations"]:
+            continue
+        r.pop("eval_matched", None)
+        r.pop("matched_iterations", None)
+        try:
+            evaluation = evaluate_run(root, r["run_id"], partner["iterations"], replicates, steps)
+        except (UserError, FileNotFoundError) as e:
+            print(f"{r['run_id']}: no evaluation at {partner['iterations']} iterations ({e})")
+            continue
+        r["matched_iterations"], r["eval_matched"] = partner["iterations"], evaluation
+        if folder is not None:
+            archive(folder, r["run_id"], r)
 
 
 def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ benchmark runs for hours); creating the run is real (`init_run` on the embedded 
 from __future__ import annotations
 
 import importlib.util
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -76,3 +77,76 @@ def test_dance_configuration_is_configs_dance_tiny() -> None:
     theirs = load_config(configs / "dance_tiny.yaml")
     assert ours.model_copy(update={"name": theirs.name}) == theirs
     assert learning.config_mode("dance") == "flow_grpo" and learning.flow_reference("dance") == "flow_grpo"
+
+
+def _fake_run(config: str, seed: int, iterations: int, strict: list[bool]) -> dict[str, Any]:
+    """A finished run as `train_and_evaluate` returns it, with a tiny held-out set."""
+    n = len(strict)
+    history = [
+        {
+            "iteration": i,
+            "seconds": 10.0,
+            "wall_seconds": 10.0,
+            "model_evals": 100,
+            "train_reward": 0.5 + 0.01 * i,
+            "turning_points": 0,
+            "kept": 0,
+            "steps": [4, 4],
+            "tp_by_step": [0, 0],
+            "kept_by_step": [0, 0],
+            "zero_increment_by_step": [0, 0],
+            "nonzero_advantage_by_step": [4, 3],
+        }
+        for i in range(iterations)
+    ]
+    evaluation = {
+        "checkpoint": iterations,
+        "strict": strict,
+        "score": [0.5 + 0.1 * s for s in strict],
+        "task": ["counting", "position"] * (n // 2),
+        "quality": {k: [0.1] * n for k in ("background_dev", "stray_frac", "specks")},
+        "summary": {"n": n},
+    }
+    run = {"run_id": f"{config}-s{seed}", "config": config, "seed": seed, "iterations": iterations}
+    return run | {"history": history, "eval": evaluation}
+
+
+def test_archived_runs_resume_without_their_root(tmp_path: Path, monkeypatch: Any) -> None:
+    """Finished runs are archived (committed JSON); on a fresh clone, where `--root` is gone, the
+    benchmark reads them back instead of training again, and reports from them."""
+    learning = _learning()
+    monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(learning, "ARCHIVE", tmp_path / "results" / "learning_runs")
+    folder = learning.archive_dir(600.0, 2, 10)
+    assert folder.name == "budget600-r2-e10"
+    flow = _fake_run("flow_grpo", 0, 40, [True, False, True, True])
+    partner = _fake_run("tp_constrained", 0, 14, [True, False, False, True])
+    # the reference's evaluation at its partner's iteration count is due once both are finished
+    found: dict[tuple[str, int], Any] = {("flow_grpo", 0): flow, ("tp_constrained", 0): None}
+    assert learning.ready_pairs(found, flow) == []
+    found[("tp_constrained", 0)] = partner
+    assert learning.ready_pairs(found, partner) == [(flow, partner)]
+    flow["matched_iterations"], flow["eval_matched"] = 14, _fake_run("flow_grpo", 0, 14, [True] * 4)["eval"]
+    assert learning.ready_pairs(found, partner) == []
+    base = _fake_run("base", 0, 0, [False, False, True, True])["eval"]
+    for name, doc in (("flow_grpo-s0", flow), ("tp_constrained-s0", partner), ("base", base)):
+        learning.archive(folder, name, doc)
+    assert not list(folder.glob(".*"))  # no temporary file left behind
+
+    root = tmp_path / "fresh-root"  # nothing was ever trained here
+    back = learning.finished_run(root, "flow_grpo", 0, 2, 10, folder)
+    assert back is not None and back["iterations"] == 40 and back["eval"]["strict"] == flow["eval"]["strict"]
+    assert learning.finished_run(root, "flow_grpo", 0, 2, 10) is None  # without the archive: unfinished
+
+    argv = ["learning.py", "--configs", "flow_grpo", "tp_constrained", "--seeds", "1", "--replicates", "2"]
+    monkeypatch.setattr("sys.argv", [*argv, "--root", str(root), "--workers", "1"])
+    learning.main()
+    assert not root.exists()  # nothing trained, nothing evaluated
+    out = json.loads((tmp_path / "results" / "learning.json").read_text())
+    assert out["missing_runs"] == []
+    assert [r["run_id"] for r in out["runs"]] == ["flow_grpo-s0", "tp_constrained-s0"]
+    # paired with the archived base: flow_grpo gains one strict success in four images
+    assert out["summary"]["flow_grpo"]["paired_diff_vs_base"][0] == pytest.approx(0.25)
+    assert out["summary"]["tp_constrained"]["paired_diff_vs_flow_grpo_equal_iterations"][0] == pytest.approx(
+        -0.5
+    )
