@@ -8,6 +8,9 @@ import typer
 
 from tpgrpo.cli.common import RootOption, RunOption, echo, load_run
 from tpgrpo.cli.jsonout import JsonOption, emit, plain
+from tpgrpo.config import MODES
+
+_MODES = " | ".join(MODES)
 
 if TYPE_CHECKING:
     from tpgrpo.pipeline.context import RunContext
@@ -21,8 +24,7 @@ ModeOption = Annotated[
     list[str] | None,
     typer.Option(
         "--mode",
-        help="Reward mode: flow_grpo | incremental | tp | tp_constrained | all (repeatable) "
-        "[default: the run's]",
+        help=f"Reward mode: {_MODES} | all (repeatable) [default: the run's]",
     ),
 ]
 ForceOption = Annotated[
@@ -95,9 +97,7 @@ def annotate(
     ],
     mode: Annotated[
         list[str],
-        typer.Option(
-            "--mode", help="Reward mode, or all (repeatable): flow_grpo | incremental | tp | tp_constrained"
-        ),
+        typer.Option("--mode", help=f"Reward mode, or all (repeatable): {_MODES}"),
     ],
     iters: ItersOption = None,
     aggregate: Annotated[

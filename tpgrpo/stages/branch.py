@@ -191,7 +191,7 @@ def complete_branches(
 
 
 def _coarse_completions(
-    policy: Any,
+    policy: Policy,
     cfg: Config,
     x: torch.Tensor,
     paths: list[list[int]],

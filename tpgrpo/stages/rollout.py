@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from tpgrpo.stages.common import (
 )
 from tpgrpo.stages.progress import progress_bar
 from tpgrpo.storage import DatasetWriter, read_table
+
+if TYPE_CHECKING:
+    from tpgrpo.models.policy import Policy
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def initial_noise(t: Trajectory, shape: tuple[int, int, int], window_size: int) 
 
 @torch.no_grad()
 def sample_trajectories(
-    policy: Any, cfg: Config, grid: Grid, trajectories: list[Trajectory]
+    policy: Policy, cfg: Config, grid: Grid, trajectories: list[Trajectory]
 ) -> dict[str, Any]:
     """Sample one chunk of trajectories (one batched forward per grid step).
 
@@ -154,7 +157,7 @@ def sample_trajectories(
 
 def run_shard(
     cfg: Config,
-    policy: Any,
+    policy: Policy,
     *,
     run_id: str,
     iteration: int,

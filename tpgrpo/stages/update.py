@@ -35,7 +35,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -56,6 +56,9 @@ from tpgrpo.stages.checkpoints import TrainState
 from tpgrpo.stages.common import encode_prompts, forward_samples
 from tpgrpo.stages.progress import progress_bar
 from tpgrpo.storage import read_table
+
+if TYPE_CHECKING:
+    from tpgrpo.models.policy import Policy
 
 
 @dataclass
@@ -298,7 +301,7 @@ def _recompute(
 
 
 def transition_loss(
-    policy: Any,
+    policy: Policy,
     cfg: Config,
     data: UpdateData,
     batch: list[tuple[int, int]],
@@ -377,7 +380,7 @@ def trained_steps(cfg: Config, data: UpdateData, iteration: int, epoch: int) -> 
 
 
 def train_iteration(
-    policy: Any,
+    policy: Policy,
     cfg: Config,
     data: UpdateData,
     optimizer: torch.optim.Optimizer,
@@ -468,7 +471,7 @@ def train_iteration(
 
 def run(
     cfg: Config,
-    policy: Any,
+    policy: Policy,
     optimizer: torch.optim.Optimizer,
     ema: Any,
     state: TrainState,
