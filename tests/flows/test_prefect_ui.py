@@ -167,6 +167,15 @@ def test_evaluate_table(ui_run: UiRun) -> None:
     for r in rows:
         stored = read_manifest(ui_run.layout.eval(r["eval"], r["reward_key"]))
         assert r["images"] == stored.rows and r["score"] == pytest.approx(stored.metrics["score"])
+    # what a later train flow's summary of iteration 0 would list: the same rows, from the stored
+    # manifests (checkpoints 0 and 1)
+    from tpgrpo.flows.train import _stored_evals
+    from tpgrpo.pipeline.context import load_run
+
+    listed = _stored_evals(load_run(RUN_ID, ui_run.layout.root), 0)
+    assert [{k: r[k] for k in ("checkpoint", "eval", "images")} for r in listed] == [
+        {k: r[k] for k in ("checkpoint", "eval", "images")} for r in rows
+    ]
 
 
 def test_failing_artifact_calls_do_not_fail_the_flow(ui_run: UiRun) -> None:

@@ -109,6 +109,16 @@ def update_task(ctx: RunContext, iteration: int) -> dict[str, Any]:
     return dict(read_manifest(ctx.layout.updates(iteration), ctx.storage_options).metrics)
 
 
+def _publish_stage(run_id: str, iteration: int, stage: str, metrics: dict[str, Any], what: str) -> None:
+    """The metrics table of a finished stage (`<run>-it<I>-<stage>`); `what` says what it holds."""
+    table = metrics_table(metrics)
+    publish_table(
+        stage_key(run_id, iteration, stage),
+        table,
+        f"{stage} of iteration {iteration} of run {run_id}: {what}",
+    )
+
+
 def sharded_stage(ctx: RunContext, stage: str, iteration: int) -> None:
     """prepare → shards (mapped over the task runner) → finalize.
 
@@ -139,12 +149,8 @@ def sharded_stage(ctx: RunContext, stage: str, iteration: int) -> None:
     _log(
         f"{stage} it{iteration}: {out['rows']} rows, {out['model_evals']} model evaluations, {out['metrics']}"
     )
-    table = metrics_table({"rows": out["rows"], "model_evals": out["model_evals"], **out["metrics"]})
-    publish_table(
-        stage_key(run_id, iteration, stage),
-        table,
-        f"{stage} of iteration {iteration} of run {run_id}: rows, model evaluations, manifest metrics",
-    )
+    metrics = {"rows": out["rows"], "model_evals": out["model_evals"], **out["metrics"]}
+    _publish_stage(run_id, iteration, stage, metrics, "rows, model evaluations, manifest metrics")
 
 
 def train_iterations(ctx: RunContext, iterations: int) -> dict[str, Any]:
@@ -178,7 +184,7 @@ def _stored_evals(ctx: RunContext, iteration: int) -> list[dict[str, Any]]:
     try:
         records = eval_records(ctx)
     except Exception as err:  # a summary artifact must never cost the run
-        _log(f"listing the evaluations for the summary of iteration {iteration} failed ({err})")
+        get_run_logger().warning(f"evaluations left out of iteration {iteration}'s summary: {err}")
         return []
     return [
         eval_row(e.checkpoint, e.name, e.reward_key, e.rows, e.metrics)
@@ -187,7 +193,7 @@ def _stored_evals(ctx: RunContext, iteration: int) -> list[dict[str, Any]]:
     ]
 
 
-def _publish_run_artifacts(ctx: RunContext) -> None:
+def _publish_report_link(ctx: RunContext) -> None:
     """The link to the run's report (see `artifacts.report_link`)."""
     layout = ctx.layout
     uri, description = report_link(layout.run_dir, layout.run_id, layout.root)
@@ -199,7 +205,7 @@ def _iterations(ctx: RunContext, iterations: int, retries: int, tracker: Tracker
     # on the workers (GPUs), not in the flow's process
     init_task.with_options(retries=retries).submit(ctx).result()
     run_id = ctx.layout.run_id
-    _publish_run_artifacts(ctx)
+    _publish_report_link(ctx)
     progress = Progress.start(
         artifact_key(run_id, "progress"),
         iterations * len(STAGES),
@@ -217,11 +223,7 @@ def _iterations(ctx: RunContext, iterations: int, retries: int, tracker: Tracker
         metrics = annotate_task.with_options(retries=retries).submit(ctx, i).result()
         seconds["annotate"] = time.perf_counter() - started
         progress.advance()
-        publish_table(
-            stage_key(run_id, i, "annotate"),
-            metrics_table(metrics),
-            f"annotate of iteration {i} of run {run_id}: rewards, turning points, advantages",
-        )
+        _publish_stage(run_id, i, "annotate", metrics, "rewards, turning points, advantages")
         _log(
             f"iteration {i}: final reward {metrics.get('reward_final_mean', float('nan')):.4f}, "
             f"turning points {metrics.get('turning_points')} (kept {metrics.get('kept')})"
@@ -230,11 +232,7 @@ def _iterations(ctx: RunContext, iterations: int, retries: int, tracker: Tracker
         update_metrics = update_task.with_options(retries=retries).submit(ctx, i).result()
         seconds["update"] = time.perf_counter() - started
         progress.advance()
-        publish_table(
-            stage_key(run_id, i, "update"),
-            metrics_table(update_metrics),
-            f"update of iteration {i} of run {run_id}: means over its optimizer steps",
-        )
+        _publish_stage(run_id, i, "update", update_metrics, "means over its optimizer steps")
         if ctx.cfg.storage.keep_latents is not None:
             drop_latents(ctx.layout, ctx.cfg.storage.keep_latents)
         _track(tracker, i)
