@@ -43,3 +43,18 @@ def test_no_import_points_up_or_sideways() -> None:
             if LAYER[target] >= LAYER[source]:
                 wrong.append(f"{rel}: imports tpgrpo.{target}")
     assert not wrong, "\n".join(wrong)
+
+
+PREFECT = re.compile(r"^\s*(?:from|import) prefect(?:_\w+)?\b", re.M)
+
+
+def test_prefect_stays_in_flows_and_cli() -> None:
+    """Prefect is wiring: the pipeline and everything below it run without it (`tpgrpo stage`,
+    benchmarks); what the Prefect UI shows is built in `flows/` (`flows.artifacts`, `flows.names`)."""
+    package = Path(tpgrpo.__file__).parent
+    wrong = [
+        str(path.relative_to(package))
+        for path in sorted(package.rglob("*.py"))
+        if path.relative_to(package).parts[0] not in ("flows", "cli") and PREFECT.search(path.read_text())
+    ]
+    assert not wrong, "import prefect outside flows/ and cli/: " + ", ".join(wrong)

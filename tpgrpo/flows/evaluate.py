@@ -10,6 +10,10 @@ Idempotent like the stages: the manifest records the checkpoint's hash as input 
 reward, steps, prompts and sampling settings; an identical rerun returns at once, other settings
 over a finished output are refused unless `force`. Evaluation does not take the run lock, so it
 can score finished checkpoints while training goes on.
+
+In the Prefect UI: the flow run `evaluate-<run id>`, task runs `evaluate-checkpoint<K>`, a progress
+bar over the checkpoints (`<run>-evaluate-progress`), a table with one row per checkpoint
+(`<run>-evaluate`) and the link to the run's report (`<run>-report`).
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from prefect.logging import get_run_logger
 
 from tpgrpo.config import SpecData
 from tpgrpo.errors import ConfigError, UserError
+from tpgrpo.flows import names
+from tpgrpo.flows.artifacts import Progress, artifact_key, eval_row, publish_link, publish_table, report_link
 from tpgrpo.flows.rescore import TASK_OPTIONS
 from tpgrpo.pipeline.context import RunContext
-from tpgrpo.pipeline.evaluate import eval_prompts, evaluate_checkpoint
+from tpgrpo.pipeline.evaluate import eval_prompts, evaluate_checkpoint, flat_metrics
 from tpgrpo.tracking import run_tracker
 
 
@@ -32,7 +38,7 @@ def _log(message: str) -> None:
     get_run_logger().info(message)
 
 
-@task(name="evaluate-checkpoint", **TASK_OPTIONS)
+@task(name="evaluate-checkpoint", task_run_name=names.EVALUATE, **TASK_OPTIONS)
 def evaluate_task(
     ctx: RunContext,
     checkpoint: int,
@@ -56,7 +62,7 @@ def evaluate_task(
     )
 
 
-@flow(name="tpgrpo-evaluate", log_prints=True, persist_result=False)
+@flow(name="tpgrpo-evaluate", flow_run_name=names.EVALUATE_RUN, log_prints=True, persist_result=False)
 def evaluate_flow(
     ctx: RunContext,
     checkpoints: list[int],
@@ -69,7 +75,35 @@ def evaluate_flow(
 ) -> list[dict[str, Any]]:
     """Prefect flow: evaluate each checkpoint in turn (see `evaluate_checkpoint`)."""
     run_task = evaluate_task.with_options(retries=ctx.cfg.flow.io_retries)
-    return [run_task(ctx, k, spec, steps, prompt_source, per_task, replicates, force) for k in checkpoints]
+    layout = ctx.layout
+    progress = Progress.start(
+        artifact_key(layout.run_id, "evaluate", "progress"),
+        len(checkpoints),
+        f"run {layout.run_id}: checkpoints evaluated of {checkpoints}",
+    )
+    results = []
+    for k in checkpoints:
+        results.append(run_task(ctx, k, spec, steps, prompt_source, per_task, replicates, force))
+        progress.advance()
+    source = prompt_source or "default"
+    rows = [
+        eval_row(
+            r["checkpoint"],
+            r["name"],
+            r["reward_key"],
+            r["rows"],
+            flat_metrics(r["summary"], steps, replicates, source),
+        )
+        for r in results
+    ]
+    publish_table(
+        artifact_key(layout.run_id, "evaluate"),
+        rows,
+        f"run {layout.run_id}: evaluation of each checkpoint ({steps} ODE steps, {replicates} replicate(s))",
+    )
+    uri, description = report_link(layout.run_dir, layout.run_id, layout.root)
+    publish_link(artifact_key(layout.run_id, "report"), uri, f"report of run {layout.run_id}", description)
+    return results
 
 
 def run_evaluation(
@@ -126,7 +160,12 @@ def run_evaluation(
     return result
 
 
-@flow(name="tpgrpo-evaluate-run", log_prints=True, persist_result=False)
+@flow(
+    name="tpgrpo-evaluate-run",
+    flow_run_name=names.EVALUATE_DEPLOYMENT_RUN,
+    log_prints=True,
+    persist_result=False,
+)
 def evaluate_deployment(
     run: str,
     checkpoint: str | int = "latest",

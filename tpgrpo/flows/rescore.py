@@ -6,6 +6,10 @@ mode. The run's original datasets are only read (their checksums never change), 
 reward key is refused as a target, so a rescore can never replace what an update trained on.
 Like training, it holds the run lock and is idempotent: finished outputs are skipped, crash debris
 is redone, outputs built from other inputs are refused unless `force`.
+
+In the Prefect UI: the flow run `rescore-<run id>`, task runs `score-it<I>` and
+`annotate-it<I>-<mode>`, a progress bar over the iterations and a table of the results, one row per
+iteration and mode (`<run>-rescore-<reward key>`, `…-progress`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from tpgrpo.config import SpecData
+from tpgrpo.flows import names
+from tpgrpo.flows.artifacts import Progress, artifact_key, publish_table, rescore_table
 from tpgrpo.flows.runner import task_runner_for
 from tpgrpo.flows.train import retry_on_io
 from tpgrpo.pipeline import steps
@@ -33,13 +39,13 @@ def _log(message: str) -> None:
     get_run_logger().info(message)
 
 
-@task(name="score", **TASK_OPTIONS)
+@task(name="score", task_run_name=names.SCORE, **TASK_OPTIONS)
 def score_task(ctx: RunContext, iteration: int, spec: SpecData, force: bool) -> dict[str, Any]:
     manifest = steps.sharded_step(ctx, "score", iteration, force=force, log=_log, spec=spec)
     return {"rows": manifest.rows, "metrics": dict(manifest.metrics)}
 
 
-@task(name="annotate", **TASK_OPTIONS)
+@task(name="annotate", task_run_name=names.ANNOTATE_MODE, **TASK_OPTIONS)
 def annotate_task(
     ctx: RunContext, iteration: int, spec: SpecData, mode: str, force: bool, key: str | None = None
 ) -> dict[str, Any]:
@@ -47,7 +53,7 @@ def annotate_task(
     return dict(manifest.metrics)
 
 
-@flow(name="tpgrpo-rescore", log_prints=True, persist_result=False)
+@flow(name="tpgrpo-rescore", flow_run_name=names.RESCORE_RUN, log_prints=True, persist_result=False)
 def rescore_flow(
     ctx: RunContext, spec: SpecData, iterations: list[int], modes: list[str], force: bool = False
 ) -> dict[str, Any]:
@@ -55,12 +61,25 @@ def rescore_flow(
     retries = ctx.cfg.flow.io_retries
     score = score_task.with_options(retries=retries)
     annotate = annotate_task.with_options(retries=retries)
-    out: dict[str, Any] = {"reward_key": ctx.reward_key(spec), "iterations": {}}
+    key = ctx.reward_key(spec)
+    out: dict[str, Any] = {"reward_key": key, "iterations": {}}
+    run_id = ctx.layout.run_id
+    progress = Progress.start(
+        artifact_key(run_id, "rescore", key, "progress"),
+        len(iterations),
+        f"run {run_id}: iterations rescored with {key} of {iterations}",
+    )
     for i in iterations:
         scored = score(ctx, i, spec, force)
         annotated = {mode: annotate(ctx, i, spec, mode, force) for mode in modes}
         out["iterations"][i] = {"score": scored, "annotations": annotated}
         _log(f"iteration {i}: {scored['rows']} scores, mean {scored['metrics'].get('score_mean')}")
+        progress.advance()
+    publish_table(
+        artifact_key(run_id, "rescore", key),
+        rescore_table(out),
+        f"run {run_id} rescored with {key}: scores and annotations per iteration and mode",
+    )
     return out
 
 
@@ -111,7 +130,12 @@ def rescore(
     return result
 
 
-@flow(name="tpgrpo-rescore-run", log_prints=True, persist_result=False)
+@flow(
+    name="tpgrpo-rescore-run",
+    flow_run_name=names.RESCORE_DEPLOYMENT_RUN,
+    log_prints=True,
+    persist_result=False,
+)
 def rescore_deployment(
     run: str,
     reward: str | dict[str, Any],

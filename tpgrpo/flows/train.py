@@ -7,6 +7,10 @@ torchrun job of `update.ddp_procs` processes when that is > 1 (`flows/ddp_update
 docs/scale-out.md). Tasks retry only on I/O errors (storage, network); a compute error
 fails the run at once. Resuming is the stages' own idempotence — never Prefect's result cache:
 run the same command again and finished stages are skipped, debris is redone.
+
+What the Prefect UI shows (`flows.artifacts`, `flows.names`): the flow run `train-<run id>`, task
+runs named by stage, iteration and shard, a metrics table per stage and iteration, a markdown summary
+per iteration, shard and run progress bars, and a link to the run's report.
 """
 
 from __future__ import annotations
@@ -16,16 +20,32 @@ from typing import Any
 
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
 from tpgrpo.config import Config
+from tpgrpo.flows import names
+from tpgrpo.flows.artifacts import (
+    Progress,
+    artifact_key,
+    eval_row,
+    iteration_markdown,
+    metrics_table,
+    publish_link,
+    publish_markdown,
+    publish_table,
+    report_link,
+    stage_key,
+    stage_progress_key,
+    summary_key,
+)
 from tpgrpo.flows.runner import task_runner_for
 from tpgrpo.pipeline import steps
 from tpgrpo.pipeline.context import RunContext
-from tpgrpo.pipeline.lineage import SHARDED_STAGES
+from tpgrpo.pipeline.lineage import SHARDED_STAGES, STAGES
 from tpgrpo.pipeline.plan import Plan
 from tpgrpo.pipeline.start import preflight
-from tpgrpo.storage import drop_latents
+from tpgrpo.storage import drop_latents, read_manifest
 from tpgrpo.storage.lock import run_lock
 from tpgrpo.tracking import Tracker, run_tracker
 
@@ -50,59 +70,87 @@ _TASK = dict(
 )
 
 
-@task(name="init-run", **_TASK)  # type: ignore[call-overload]
+@task(name="init-run", task_run_name=names.INIT, **_TASK)  # type: ignore[call-overload]
 def init_task(ctx: RunContext) -> None:
     steps.init_run(ctx, _log)
 
 
-@task(name="prepare", **_TASK)  # type: ignore[call-overload]
+@task(name="prepare", task_run_name=names.PREPARE, **_TASK)  # type: ignore[call-overload]
 def prepare_task(ctx: RunContext, stage: str, iteration: int) -> tuple[Plan, str]:
     p = steps.plan(ctx, stage, iteration)
     return p, steps.prepare(ctx, p)
 
 
-@task(name="shard", **_TASK)  # type: ignore[call-overload]
+@task(name="shard", task_run_name=names.shard_run_name, **_TASK)  # type: ignore[call-overload]
 def shard_task(ctx: RunContext, p: Plan, shard: int, num_shards: int) -> dict[str, float]:
     return steps.SHARD_FUNCS[p.stage](ctx, p, shard, num_shards)
 
 
-@task(name="finalize", **_TASK)  # type: ignore[call-overload]
+@task(name="finalize", task_run_name=names.FINALIZE, **_TASK)  # type: ignore[call-overload]
 def finalize_task(ctx: RunContext, p: Plan, stats: list[dict[str, float]]) -> dict[str, Any]:
     manifest = steps.finalize(ctx, p, stats, _log)
     return {"rows": manifest.rows, "model_evals": manifest.model_evals, "metrics": manifest.metrics}
 
 
-@task(name="annotate", **_TASK)  # type: ignore[call-overload]
+@task(name="annotate", task_run_name=names.ANNOTATE, **_TASK)  # type: ignore[call-overload]
 def annotate_task(ctx: RunContext, iteration: int) -> dict[str, Any]:
     return dict(steps.annotate_step(ctx, iteration, log=_log).metrics)
 
 
-@task(name="update", **_TASK)  # type: ignore[call-overload]
-def update_task(ctx: RunContext, iteration: int) -> None:
+@task(name="update", task_run_name=names.UPDATE, **_TASK)  # type: ignore[call-overload]
+def update_task(ctx: RunContext, iteration: int) -> dict[str, Any]:
+    """Train on `iteration`; returns the metrics of its `updates` dataset (`loss_mean`, …)."""
     if ctx.cfg.update.ddp_procs > 1:  # data-parallel: torchrun processes on this machine
         from tpgrpo.flows.ddp_update import launch
 
         launch(ctx, iteration, log=_log)
     else:
         steps.update_step(ctx, iteration, log=_log)
+    return dict(read_manifest(ctx.layout.updates(iteration), ctx.storage_options).metrics)
+
+
+def _publish_stage(run_id: str, iteration: int, stage: str, metrics: dict[str, Any], what: str) -> None:
+    """The metrics table of a finished stage (`<run>-it<I>-<stage>`); `what` says what it holds."""
+    table = metrics_table(metrics)
+    publish_table(
+        stage_key(run_id, iteration, stage),
+        table,
+        f"{stage} of iteration {iteration} of run {run_id}: {what}",
+    )
 
 
 def sharded_stage(ctx: RunContext, stage: str, iteration: int) -> None:
-    """prepare → shards (mapped over the task runner) → finalize."""
+    """prepare → shards (mapped over the task runner) → finalize.
+
+    Publishes the shards' progress as they finish and the finished stage's metrics table; a
+    skipped stage publishes nothing (its table from the flow run that built it stays the latest).
+    """
     retries = ctx.cfg.flow.io_retries  # retry_on_io decides which failures are retried
     p, decision = prepare_task.with_options(name=f"prepare-{stage}", retries=retries)(ctx, stage, iteration)
     if decision == "skip":
         _log(f"{stage} it{iteration}: done, skipped")
         return
     n = ctx.cfg.rollout.shards
+    run_id = ctx.layout.run_id
+    progress = Progress.start(
+        stage_progress_key(run_id, iteration, stage), n, f"{stage} of iteration {iteration}: shards finished"
+    )
     futures = shard_task.with_options(name=f"{stage}-shard", retries=retries).map(
         unmapped(ctx), unmapped(p), range(n), unmapped(n)
     )
-    stats = [f.result() for f in futures]
-    out = finalize_task.with_options(name=f"finalize-{stage}", retries=retries)(ctx, p, stats)
+    shard_of = {f.task_run_id: s for s, f in enumerate(futures)}
+    stats: dict[int, dict[str, float]] = {}
+    for future in as_completed(list(futures)):  # the first failed shard fails the stage
+        stats[shard_of[future.task_run_id]] = future.result()
+        progress.advance()
+    out = finalize_task.with_options(name=f"finalize-{stage}", retries=retries)(
+        ctx, p, [stats[s] for s in range(n)]
+    )
     _log(
         f"{stage} it{iteration}: {out['rows']} rows, {out['model_evals']} model evaluations, {out['metrics']}"
     )
+    metrics = {"rows": out["rows"], "model_evals": out["model_evals"], **out["metrics"]}
+    _publish_stage(run_id, iteration, stage, metrics, "rows, model evaluations, manifest metrics")
 
 
 def train_iterations(ctx: RunContext, iterations: int) -> dict[str, Any]:
@@ -128,29 +176,72 @@ def _track(tracker: Tracker | None, iteration: int) -> None:
         _log(f"tracking iteration {iteration} failed ({err}); send it later with tpgrpo track --run RUN")
 
 
+def _stored_evals(ctx: RunContext, iteration: int) -> list[dict[str, Any]]:
+    """The stored evaluations of checkpoints `iteration` and `iteration + 1`, as `eval_row`s; none
+    when they cannot be listed (logged: they only feed the iteration's summary artifact)."""
+    from tpgrpo.pipeline.catalog import eval_records
+
+    try:
+        records = eval_records(ctx)
+    except Exception as err:  # a summary artifact must never cost the run
+        get_run_logger().warning(f"evaluations left out of iteration {iteration}'s summary: {err}")
+        return []
+    return [
+        eval_row(e.checkpoint, e.name, e.reward_key, e.rows, e.metrics)
+        for e in records
+        if e.checkpoint in (iteration, iteration + 1)
+    ]
+
+
+def _publish_report_link(ctx: RunContext) -> None:
+    """The link to the run's report (see `artifacts.report_link`)."""
+    layout = ctx.layout
+    uri, description = report_link(layout.run_dir, layout.run_id, layout.root)
+    publish_link(artifact_key(layout.run_id, "report"), uri, f"report of run {layout.run_id}", description)
+
+
 def _iterations(ctx: RunContext, iterations: int, retries: int, tracker: Tracker | None) -> dict[str, Any]:
     # every task goes through the task runner (.submit), so on a Dask cluster the model work runs
     # on the workers (GPUs), not in the flow's process
     init_task.with_options(retries=retries).submit(ctx).result()
+    run_id = ctx.layout.run_id
+    _publish_report_link(ctx)
+    progress = Progress.start(
+        artifact_key(run_id, "progress"),
+        iterations * len(STAGES),
+        f"run {run_id}: stages finished (skipped ones included) of iterations 0 to {iterations - 1}",
+    )
     timings: dict[str, float] = {}
     for i in range(iterations):
+        seconds: dict[str, float] = {}  # wall time of each stage of iteration i in this flow run
         for stage in SHARDED_STAGES:
             started = time.perf_counter()
             sharded_stage(ctx, stage, i)
-            timings[f"it{i}.{stage}"] = time.perf_counter() - started
+            seconds[stage] = time.perf_counter() - started
+            progress.advance()
         started = time.perf_counter()
         metrics = annotate_task.with_options(retries=retries).submit(ctx, i).result()
-        timings[f"it{i}.annotate"] = time.perf_counter() - started
+        seconds["annotate"] = time.perf_counter() - started
+        progress.advance()
+        _publish_stage(run_id, i, "annotate", metrics, "rewards, turning points, advantages")
         _log(
             f"iteration {i}: final reward {metrics.get('reward_final_mean', float('nan')):.4f}, "
             f"turning points {metrics.get('turning_points')} (kept {metrics.get('kept')})"
         )
         started = time.perf_counter()
-        update_task.with_options(retries=retries).submit(ctx, i).result()
-        timings[f"it{i}.update"] = time.perf_counter() - started
+        update_metrics = update_task.with_options(retries=retries).submit(ctx, i).result()
+        seconds["update"] = time.perf_counter() - started
+        progress.advance()
+        _publish_stage(run_id, i, "update", update_metrics, "means over its optimizer steps")
         if ctx.cfg.storage.keep_latents is not None:
             drop_latents(ctx.layout, ctx.cfg.storage.keep_latents)
         _track(tracker, i)
+        publish_markdown(
+            summary_key(run_id, i),
+            iteration_markdown(run_id, i, metrics, update_metrics, seconds, _stored_evals(ctx, i)),
+            f"iteration {i} of run {run_id}",
+        )
+        timings.update({f"it{i}.{stage}": s for stage, s in seconds.items()})
     return {"run_dir": ctx.layout.run_dir, "iterations": iterations, "timings": timings}
 
 
@@ -174,13 +265,18 @@ def train(
         return result
 
 
-@flow(name="tpgrpo-train", log_prints=True, persist_result=False)
+@flow(name="tpgrpo-train", flow_run_name=names.TRAIN_RUN, log_prints=True, persist_result=False)
 def train_flow(ctx: RunContext, iterations: int) -> dict[str, Any]:
     """Prefect flow: TP-GRPO training iterations on one run (see `train`)."""
     return train_iterations(ctx, iterations)
 
 
-@flow(name="tpgrpo-train-config", log_prints=True, persist_result=False)
+@flow(
+    name="tpgrpo-train-config",
+    flow_run_name=names.train_deployment_run_name,
+    log_prints=True,
+    persist_result=False,
+)
 def train_deployment(
     config: str = "configs/tiny.yaml",
     run_id: str | None = None,
