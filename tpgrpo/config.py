@@ -303,6 +303,13 @@ class FlowConfig(_Strict):
     workers: Int = Field(1, ge=1, le=1024)
     io_retries: Int = Field(2, ge=0, le=100)
 
+    @property
+    def tasks_run_here(self) -> bool:
+        """Whether the flow's tasks (the model work) run on this machine: threads, or a local Dask
+        cluster. With a `dask_address` they run on the cluster's workers, which check their own
+        device (the flows' `check-worker` task), not the orchestrating machine."""
+        return self.task_runner == "threads" or self.dask_address is None
+
 
 class TrackingConfig(_Strict):
     """Experiment tracking (optional; `pip install 'tpgrpo[tracking]'`). No part of a run's identity:

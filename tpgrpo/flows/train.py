@@ -1,12 +1,14 @@
 """The `train` flow: iterations of rollout → branch → score → annotate → update, resumable.
 
-Wiring only: each stage is a Prefect task around a step of `tpgrpo.pipeline.steps`. The sharded
-model stages map their shards over the configured task runner (threads locally, a Dask cluster with
-`flow.task_runner: dask`); annotate and update run in the flow's process, the update as a
-torchrun job of `update.ddp_procs` processes when that is > 1 (`flows/ddp_update.py`,
-docs/scale-out.md). Tasks retry only on I/O errors (storage, network); a compute error
-fails the run at once. Resuming is the stages' own idempotence — never Prefect's result cache:
-run the same command again and finished stages are skipped, debris is redone.
+Wiring only: each stage is a Prefect task around a step of `tpgrpo.pipeline.steps`. Every task
+that loads a model or a reward model goes through the configured task runner (threads locally, a
+Dask cluster with `flow.task_runner: dask`): the first, `check-worker`, checks the device and builds
+the reward there; the sharded model stages map their shards over it; annotate and update are
+submitted to it, the update as a torchrun job of `update.ddp_procs` processes when that is > 1
+(`flows/ddp_update.py`, docs/scale-out.md). The flow's process only plans (`prepare`) and writes
+manifests (`finalize`), never loading a model. Tasks retry only on I/O errors (storage, network); a
+compute error fails the run at once. Resuming is the stages' own idempotence — never Prefect's
+result cache: run the same command again and finished stages are skipped, debris is redone.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from tpgrpo.config import Config
+from tpgrpo.config import Config, SpecData
 from tpgrpo.flows.runner import task_runner_for
 from tpgrpo.pipeline import steps
 from tpgrpo.pipeline.context import RunContext
@@ -48,6 +50,11 @@ def _log(message: str) -> None:
 _TASK = dict(
     cache_policy=NO_CACHE, retry_condition_fn=retry_on_io, retry_delay_seconds=2, persist_result=False
 )
+
+
+@task(name="check-worker", **_TASK)  # type: ignore[call-overload]
+def check_task(ctx: RunContext, spec: SpecData | None = None, model: bool = True) -> str:
+    return steps.check_worker(ctx, spec, model=model)
 
 
 @task(name="init-run", **_TASK)  # type: ignore[call-overload]
@@ -129,8 +136,9 @@ def _track(tracker: Tracker | None, iteration: int) -> None:
 
 
 def _iterations(ctx: RunContext, iterations: int, retries: int, tracker: Tracker | None) -> dict[str, Any]:
-    # every task goes through the task runner (.submit), so on a Dask cluster the model work runs
-    # on the workers (GPUs), not in the flow's process
+    # every task that loads a model goes through the task runner (.submit), so on a Dask cluster the
+    # model work runs on the workers (GPUs), not in the flow's process; first the worker's own checks
+    check_task.with_options(retries=retries).submit(ctx).result()
     init_task.with_options(retries=retries).submit(ctx).result()
     timings: dict[str, float] = {}
     for i in range(iterations):
