@@ -270,7 +270,7 @@ class UpdateConfig(_Strict):
         ge=1,
         le=64,
         description="data-parallel update processes the train flow launches with torchrun on its "
-        "machine (gloo on CPU, NCCL with one GPU each on CUDA); 1: the update runs in the flow's process",
+        "machine (gloo on CPU, NCCL with one GPU each on CUDA); 1: the update runs in its task's process",
     )
 
 

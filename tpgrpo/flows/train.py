@@ -9,6 +9,9 @@ submitted to it, the update as a torchrun job of `update.ddp_procs` processes wh
 manifests (`finalize`), never loading a model. Tasks retry only on I/O errors (storage, network); a
 compute error fails the run at once. Resuming is the stages' own idempotence — never Prefect's
 result cache: run the same command again and finished stages are skipped, debris is redone.
+
+The deployment entrypoint (`train_deployment`) announces a finished run with the Prefect event
+`tpgrpo.run.trained`, which triggers the `evaluate` deployment of `prefect.yaml`.
 """
 
 from __future__ import annotations
@@ -159,7 +162,13 @@ def _iterations(ctx: RunContext, iterations: int, retries: int, tracker: Tracker
         if ctx.cfg.storage.keep_latents is not None:
             drop_latents(ctx.layout, ctx.cfg.storage.keep_latents)
         _track(tracker, i)
-    return {"run_dir": ctx.layout.run_dir, "iterations": iterations, "timings": timings}
+    return {
+        "run_id": ctx.layout.run_id,
+        "root": ctx.layout.root,
+        "run_dir": ctx.layout.run_dir,
+        "iterations": iterations,
+        "timings": timings,
+    }
 
 
 def train(
@@ -188,6 +197,24 @@ def train_flow(ctx: RunContext, iterations: int) -> dict[str, Any]:
     return train_iterations(ctx, iterations)
 
 
+TRAINED_EVENT = "tpgrpo.run.trained"
+"""The Prefect event `train_deployment` emits when a run's training finished (prefect.yaml's trigger)."""
+
+
+def trained_event(result: dict[str, Any]) -> dict[str, Any]:
+    """The `emit_event` arguments announcing the finished training `result` of `train`: the run is
+    the event's resource (`tpgrpo.run.<run id>`, named by its run id, with its runs root)."""
+    return {
+        "event": TRAINED_EVENT,
+        "resource": {
+            "prefect.resource.id": f"tpgrpo.run.{result['run_id']}",
+            "prefect.resource.name": result["run_id"],
+            "tpgrpo.root": result["root"],
+        },
+        "payload": {"iterations": result["iterations"]},
+    }
+
+
 @flow(name="tpgrpo-train-config", log_prints=True, persist_result=False)
 def train_deployment(
     config: str = "configs/tiny.yaml",
@@ -198,8 +225,16 @@ def train_deployment(
 ) -> dict[str, Any]:
     """Deployment entrypoint (plain parameters): load the YAML config (+ overrides) and train.
 
-    Runs the train flow as a subflow, under the run lock, exactly as `tpgrpo train` does.
+    Runs the train flow as a subflow, under the run lock, exactly as `tpgrpo train` does, in the
+    same runs root (`root`, else the worker's `$TPGRPO_ROOT`, else the config's `storage.root`); once
+    it finished, emits `tpgrpo.run.trained` (`trained_event`), related to this flow run and deployment.
     """
-    from tpgrpo.config import load_config
+    from prefect.events import emit_event
 
-    return train(load_config(config, overrides or ()), run_id=run_id, iterations=iterations, root=root)
+    from tpgrpo.config import load_config
+    from tpgrpo.pipeline.root import resolve_root
+
+    cfg = load_config(config, overrides or ())
+    result = train(cfg, run_id=run_id, iterations=iterations, root=resolve_root(root, cfg.storage.root))
+    emit_event(**trained_event(result))
+    return result
