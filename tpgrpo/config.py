@@ -270,7 +270,7 @@ class UpdateConfig(_Strict):
         ge=1,
         le=64,
         description="data-parallel update processes the train flow launches with torchrun on its "
-        "machine (gloo on CPU, NCCL with one GPU each on CUDA); 1: the update runs in the flow's process",
+        "machine (gloo on CPU, NCCL with one GPU each on CUDA); 1: the update runs in its task's process",
     )
 
 
@@ -302,6 +302,13 @@ class FlowConfig(_Strict):
     dask_address: Text | None = Field(None, description="scheduler address; null: a local cluster")
     workers: Int = Field(1, ge=1, le=1024)
     io_retries: Int = Field(2, ge=0, le=100)
+
+    @property
+    def tasks_run_here(self) -> bool:
+        """Whether the flow's tasks (the model work) run on this machine: threads, or a local Dask
+        cluster. With a `dask_address` they run on the cluster's workers, which check their own
+        device (the flows' `check-worker` task), not the orchestrating machine."""
+        return self.task_runner == "threads" or self.dask_address is None
 
 
 class TrackingConfig(_Strict):

@@ -107,7 +107,7 @@ def test_flow_and_task_run_names(ui_run: UiRun) -> None:
     with get_client(sync_client=True) as client:
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[train_run.id])))
     names = {t.name for t in tasks}
-    expected = {"init-run", "annotate-it0", "update-it0"}
+    expected = {"check-worker", "init-run", "annotate-it0", "update-it0"}
     for stage in ("rollout", "branch", "score"):
         expected |= {f"prepare-{stage}-it0", f"finalize-{stage}-it0"}
         expected |= {f"{stage}-it0-shard{s}of{SHARDS}" for s in (1, 2)}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -49,3 +51,53 @@ def test_importing_the_registry_is_light() -> None:
     code = "import sys, tpgrpo.rewards; print('tpgrpo.rewards.shapes' in sys.modules, 'scipy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# the spec of every registered reward with its required parameters (paths need not exist: no build)
+REQUIRED = {
+    "pickscore": {"model_path": "/models/PickScore_v1", "device": "cuda"},
+    "clipscore": {"model_path": "/models/clip"},
+    "http": {"url": "http://reward-server:8000"},
+    "weighted": {"components": [{"spec": "shapes", "weight": 1.0}]},
+}
+
+
+def _unbuildable(factory: Any) -> Any:
+    """`factory`'s signature (its lazy target), but failing the test when called."""
+
+    def refuse(**params: Any) -> Reward:
+        pytest.fail("the reward was built")
+
+    refuse.lazy_target = factory.lazy_target  # type: ignore[attr-defined]
+    return refuse
+
+
+@pytest.mark.parametrize("name", list(REWARDS))
+def test_spec_key_is_the_key_without_building(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default key = registered name, a `key` parameter wins; the factory is never called."""
+    from tpgrpo.rewards import check_spec, resolve, spec_key
+
+    spec = {"name": name, **REQUIRED.get(name, {})}
+    monkeypatch.setitem(REWARDS, name, _unbuildable(REWARDS[name]))
+    assert check_spec(spec) == (name, REQUIRED.get(name, {}))
+    assert spec_key(spec) == name
+    if "key" in inspect.signature(resolve(REWARDS[name])).parameters:
+        assert spec_key({**spec, "key": "mine_v2"}) == "mine_v2"
+
+
+@pytest.mark.parametrize("name", ["shapes", "jpeg", "jpeg_incompressibility", {"name": "jpeg", "key": "q"}])
+def test_spec_key_matches_the_built_reward(name: str | dict) -> None:
+    from tpgrpo.rewards import spec_key
+
+    assert make_reward(name).key == spec_key(name)
+
+
+def test_spec_key_refuses_what_make_reward_refuses() -> None:
+    from tpgrpo.rewards import spec_key
+
+    with pytest.raises(UserError, match=r"unknown reward 'nosuch'; registered rewards"):
+        spec_key("nosuch")
+    with pytest.raises(UserError, match=r"reward 'pickscore': bad parameters \[\].*'model_path'"):
+        spec_key("pickscore")
+    with pytest.raises(UserError, match=r"reward 'jpeg': key must be a non-empty string, got 5"):
+        spec_key({"name": "jpeg", "key": 5})

@@ -20,21 +20,28 @@ def validate(
         bool,
         typer.Option(
             "--other-machine",
-            help="Validate for another machine: skip the check that this one has model.device (a GPU)",
+            help="Validate for another machine (e.g. a GPU worker): check the reward's name and "
+            "parameters only, not this machine's devices or the reward's weights",
         ),
     ] = False,
 ) -> None:
     """Validate a config: every problem is listed at once; exit code 2 if any.
 
-    Also checks that this machine has `model.device` (e.g. a CUDA GPU), unless --other-machine."""
+    Also checks that this machine has `model.device` (e.g. a CUDA GPU) and builds the reward here
+    (its weights and device), unless --other-machine."""
     from tpgrpo.config import load_config
-    from tpgrpo.errors import ConfigError, UserError
-    from tpgrpo.rewards import make_reward
+    from tpgrpo.errors import ConfigError, RewardError, UserError
+    from tpgrpo.pipeline.summary import config_summary
+    from tpgrpo.rewards import make_reward, spec_key
     from tpgrpo.stages.common import describe_window, window_check
     from tpgrpo.stages.prompts import check_prompts_for_reward, run_prompts
+    from tpgrpo.storage import validate_key
 
     cfg = load_config(resolve_config(config), overrides or [])
     problems: list[str] = []
+    # unknown rewards and bad parameters raise UserError (never loading the reward); the key
+    # becomes a folder name
+    validate_key(spec_key(cfg.reward.spec))
     if not other_machine:
         from tpgrpo.models.devices import check_model_device
 
@@ -42,11 +49,10 @@ def validate(
             check_model_device(cfg)
         except UserError as err:
             problems.append(f"{err} (or validate with --other-machine)")
-    from tpgrpo.pipeline.summary import config_summary
-    from tpgrpo.storage import validate_key
-
-    # unknown rewards and bad parameters raise UserError; the key becomes a folder name
-    validate_key(make_reward(cfg.reward.spec).key)
+        try:
+            make_reward(cfg.reward.spec)  # as the tasks build it: weights, device, server
+        except (UserError, RewardError) as err:
+            problems.append(f"reward.spec: {err} (or validate with --other-machine)")
     problems += check_prompts_for_reward(run_prompts(cfg), cfg.reward.spec)
     problems += window_check(cfg)  # SPEC §2's floor on the model's grid, when its directory is here
     if problems:

@@ -11,6 +11,10 @@ reward, steps, prompts and sampling settings; an identical rerun returns at once
 over a finished output are refused unless `force`. Evaluation does not take the run lock, so it
 can score finished checkpoints while training goes on.
 
+Like training, the policy and the reward model are loaded only by tasks on the run's task runner
+(`flow.task_runner`: the GPU workers of a Dask cluster), one checkpoint after another; the flow's
+process checks names and parameters, never loads a model.
+
 In the Prefect UI: the flow run `evaluate-<run id>`, task runs `evaluate-checkpoint<K>`, a progress
 bar over the checkpoints (`<run>-evaluate-progress`), a table with one row per checkpoint
 (`<run>-evaluate`) and the link to the run's report (`<run>-report`).
@@ -29,6 +33,8 @@ from tpgrpo.errors import ConfigError, UserError
 from tpgrpo.flows import names
 from tpgrpo.flows.artifacts import Progress, artifact_key, eval_row, publish_link, publish_table, report_link
 from tpgrpo.flows.rescore import TASK_OPTIONS
+from tpgrpo.flows.runner import task_runner_for
+from tpgrpo.flows.train import check_task
 from tpgrpo.pipeline.context import RunContext
 from tpgrpo.pipeline.evaluate import eval_prompts, evaluate_checkpoint, flat_metrics
 from tpgrpo.tracking import run_tracker
@@ -73,8 +79,11 @@ def evaluate_flow(
     replicates: int = 1,
     force: bool = False,
 ) -> list[dict[str, Any]]:
-    """Prefect flow: evaluate each checkpoint in turn (see `evaluate_checkpoint`)."""
-    run_task = evaluate_task.with_options(retries=ctx.cfg.flow.io_retries)
+    """Prefect flow: evaluate each checkpoint in turn (see `evaluate_checkpoint`), every task on the
+    task runner, the device and the reward checked first by `check-worker`."""
+    retries = ctx.cfg.flow.io_retries
+    check_task.with_options(retries=retries).submit(ctx, spec).result()
+    run_task = evaluate_task.with_options(retries=retries)
     layout = ctx.layout
     progress = Progress.start(
         artifact_key(layout.run_id, "evaluate", "progress"),
@@ -82,8 +91,10 @@ def evaluate_flow(
         f"run {layout.run_id}: checkpoints evaluated of {checkpoints}",
     )
     results = []
-    for k in checkpoints:
-        results.append(run_task(ctx, k, spec, steps, prompt_source, per_task, replicates, force))
+    for k in checkpoints:  # one at a time: the checkpoints share the worker's cached policy
+        results.append(
+            run_task.submit(ctx, k, spec, steps, prompt_source, per_task, replicates, force).result()
+        )
         progress.advance()
     source = prompt_source or "default"
     rows = [
@@ -123,20 +134,22 @@ def run_evaluation(
     `baseline`: a checkpoint evaluated too (first), for paired gains over it (`report.paired`).
 
     Raises:
-        UserError: a device this machine lacks, an unknown checkpoint, reward, step count or prompt set.
+        UserError: a device this machine lacks (when the tasks run here: `flow.tasks_run_here`),
+            an unknown checkpoint, reward, step count or prompt set.
     """
     from tpgrpo.models.devices import check_model_device
     from tpgrpo.pipeline.select import parse_reward_spec, select_checkpoints
     from tpgrpo.stages.prompts import check_prompts_for_reward
     from tpgrpo.storage import validate_key
 
-    check_model_device(ctx.cfg)  # e.g. a GPU run evaluated on a machine without one
-    checkpoints = select_checkpoints(ctx, checkpoint)
-    if baseline is not None:
-        checkpoints = sorted({*select_checkpoints(ctx, str(baseline)), *checkpoints})
+    if ctx.cfg.flow.tasks_run_here:  # e.g. a GPU run evaluated on a machine without one
+        check_model_device(ctx.cfg)
     spec = parse_reward_spec(reward) if reward is not None else ctx.cfg.reward.spec
     # unknown names, bad parameters and a key that cannot be a folder name fail here, before sampling
     validate_key(ctx.reward_key(spec))
+    checkpoints = select_checkpoints(ctx, checkpoint)
+    if baseline is not None:
+        checkpoints = sorted({*select_checkpoints(ctx, str(baseline)), *checkpoints})
     n_steps = steps if steps is not None else ctx.cfg.sampling.eval_steps
     if not 1 <= n_steps <= 1000:
         raise UserError(f"--steps must be in 1 … 1000, got {n_steps}")
@@ -147,7 +160,8 @@ def run_evaluation(
     if problems:
         raise ConfigError(problems)
     tracker = run_tracker(ctx)  # before sampling: a missing tracking package is a config error
-    result: list[dict[str, Any]] = evaluate_flow(
+    flow_fn = evaluate_flow.with_options(task_runner=task_runner_for(ctx.cfg))
+    result: list[dict[str, Any]] = flow_fn(
         ctx, checkpoints, spec, n_steps, prompts, per_task, replicates, force
     )
     if tracker is not None:

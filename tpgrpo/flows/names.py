@@ -1,9 +1,9 @@
 """The names a run's flow runs and task runs get in the Prefect UI (instead of random ones).
 
 Flow runs: `<command>-<run id>` (`train-exp1`, `evaluate-exp1`, `rescore-exp1`). Task runs carry the
-iteration, and shards their number out of how many, counted from 1: `init-run`, `prepare-rollout-it3`,
-`rollout-it3-shard1of4`, `finalize-rollout-it3`, `annotate-it3`, `update-it3`,
-`evaluate-checkpoint4`, `score-it3`, `annotate-it3-incremental`. The templates below are
+iteration, and shards their number out of how many, counted from 1: `check-worker`, `init-run`,
+`prepare-rollout-it3`, `rollout-it3-shard1of4`, `finalize-rollout-it3`, `annotate-it3`,
+`update-it3`, `evaluate-checkpoint4`, `score-it3`, `annotate-it3-incremental`. The templates below are
 `str.format`ted by Prefect with the task's parameters.
 """
 
@@ -18,6 +18,7 @@ RESCORE_RUN = "rescore-{ctx.layout.run_id}"
 EVALUATE_DEPLOYMENT_RUN = "evaluate-{run}"
 RESCORE_DEPLOYMENT_RUN = "rescore-{run}"
 
+CHECK = "check-worker"
 INIT = "init-run"
 PREPARE = "prepare-{stage}-it{iteration}"
 FINALIZE = "finalize-{p.stage}-it{p.iteration}"

@@ -5,7 +5,9 @@ Nothing is generated: per iteration, the score step reads the stored `branches` 
 mode. The run's original datasets are only read (their checksums never change), and the run's own
 reward key is refused as a target, so a rescore can never replace what an update trained on.
 Like training, it holds the run lock and is idempotent: finished outputs are skipped, crash debris
-is redone, outputs built from other inputs are refused unless `force`.
+is redone, outputs built from other inputs are refused unless `force`. Like training, the reward
+model is built only by tasks on the configured task runner (the GPU workers of a Dask cluster): the
+flow's process checks the spec's name and parameters, never loads it.
 
 In the Prefect UI: the flow run `rescore-<run id>`, task runs `score-it<I>` and
 `annotate-it<I>-<mode>`, a progress bar over the iterations and a table of the results, one row per
@@ -24,7 +26,7 @@ from tpgrpo.config import SpecData
 from tpgrpo.flows import names
 from tpgrpo.flows.artifacts import Progress, artifact_key, publish_table, rescore_table
 from tpgrpo.flows.runner import task_runner_for
-from tpgrpo.flows.train import retry_on_io
+from tpgrpo.flows.train import check_task, retry_on_io
 from tpgrpo.pipeline import steps
 from tpgrpo.pipeline.context import RunContext
 from tpgrpo.storage import validate_key
@@ -57,11 +59,12 @@ def annotate_task(
 def rescore_flow(
     ctx: RunContext, spec: SpecData, iterations: list[int], modes: list[str], force: bool = False
 ) -> dict[str, Any]:
-    """Prefect flow: score + annotate each iteration with `spec` (see `rescore`)."""
+    """Prefect flow: score + annotate each iteration with `spec` (see `rescore`); every task goes
+    through the task runner, the reward built first by `check-worker`."""
     retries = ctx.cfg.flow.io_retries
     score = score_task.with_options(retries=retries)
     annotate = annotate_task.with_options(retries=retries)
-    key = ctx.reward_key(spec)
+    key = check_task.with_options(retries=retries).submit(ctx, spec, model=False).result()
     out: dict[str, Any] = {"reward_key": key, "iterations": {}}
     run_id = ctx.layout.run_id
     progress = Progress.start(
@@ -70,8 +73,8 @@ def rescore_flow(
         f"run {run_id}: iterations rescored with {key} of {iterations}",
     )
     for i in iterations:
-        scored = score(ctx, i, spec, force)
-        annotated = {mode: annotate(ctx, i, spec, mode, force) for mode in modes}
+        scored = score.submit(ctx, i, spec, force).result()
+        annotated = {mode: annotate.submit(ctx, i, spec, mode, force).result() for mode in modes}
         out["iterations"][i] = {"score": scored, "annotations": annotated}
         _log(f"iteration {i}: {scored['rows']} scores, mean {scored['metrics'].get('score_mean')}")
         progress.advance()
@@ -107,14 +110,15 @@ def rescore(
 
     Raises:
         UserError: bad spec, unknown reward or mode, iterations outside the run, a protected key,
-            or the run is locked by another process.
+            or the run is locked by another process; from the flow's first task, parameter values
+            the reward refuses.
     """
     from tpgrpo.pipeline.catalog import usable_iterations
     from tpgrpo.pipeline.select import check_modes, guard_training_data, parse_reward_spec, select_with_skips
 
     parsed = parse_reward_spec(spec)
-    key = validate_key(ctx.reward_key(parsed))  # builds the reward: unknown names, bad parameters
-    # and a key that cannot be a folder name fail here, before any flow starts
+    key = validate_key(ctx.reward_key(parsed))  # unknown names, bad parameters and a key that
+    # cannot be a folder name fail here, before any flow starts (the reward is built by the tasks)
     usable, unusable = usable_iterations(ctx, ("rollouts", "branches"))
     iterations, skipped = select_with_skips(
         iters, usable, unusable, run_id=ctx.layout.run_id, what="stored branches"

@@ -1,12 +1,17 @@
 """The `train` flow: iterations of rollout → branch → score → annotate → update, resumable.
 
-Wiring only: each stage is a Prefect task around a step of `tpgrpo.pipeline.steps`. The sharded
-model stages map their shards over the configured task runner (threads locally, a Dask cluster with
-`flow.task_runner: dask`); annotate and update run in the flow's process, the update as a
-torchrun job of `update.ddp_procs` processes when that is > 1 (`flows/ddp_update.py`,
-docs/scale-out.md). Tasks retry only on I/O errors (storage, network); a compute error
-fails the run at once. Resuming is the stages' own idempotence — never Prefect's result cache:
-run the same command again and finished stages are skipped, debris is redone.
+Wiring only: each stage is a Prefect task around a step of `tpgrpo.pipeline.steps`. Every task
+that loads a model or a reward model goes through the configured task runner (threads locally, a
+Dask cluster with `flow.task_runner: dask`): the first, `check-worker`, checks the device and builds
+the reward there; the sharded model stages map their shards over it; annotate and update are
+submitted to it, the update as a torchrun job of `update.ddp_procs` processes when that is > 1
+(`flows/ddp_update.py`, docs/scale-out.md). The flow's process only plans (`prepare`) and writes
+manifests (`finalize`), never loading a model. Tasks retry only on I/O errors (storage, network); a
+compute error fails the run at once. Resuming is the stages' own idempotence — never Prefect's
+result cache: run the same command again and finished stages are skipped, debris is redone.
+
+The deployment entrypoint (`train_deployment`) announces a finished run with the Prefect event
+`tpgrpo.run.trained`, which triggers the `evaluate` deployment of `prefect.yaml`.
 
 What the Prefect UI shows (`flows.artifacts`, `flows.names`): the flow run `train-<run id>`, task
 runs named by stage, iteration and shard, a metrics table per stage and iteration, a markdown summary
@@ -23,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
-from tpgrpo.config import Config
+from tpgrpo.config import Config, SpecData
 from tpgrpo.flows import names
 from tpgrpo.flows.artifacts import (
     Progress,
@@ -68,6 +73,11 @@ def _log(message: str) -> None:
 _TASK = dict(
     cache_policy=NO_CACHE, retry_condition_fn=retry_on_io, retry_delay_seconds=2, persist_result=False
 )
+
+
+@task(name="check-worker", task_run_name=names.CHECK, **_TASK)  # type: ignore[call-overload]
+def check_task(ctx: RunContext, spec: SpecData | None = None, model: bool = True) -> str:
+    return steps.check_worker(ctx, spec, model=model)
 
 
 @task(name="init-run", task_run_name=names.INIT, **_TASK)  # type: ignore[call-overload]
@@ -201,8 +211,9 @@ def _publish_report_link(ctx: RunContext) -> None:
 
 
 def _iterations(ctx: RunContext, iterations: int, retries: int, tracker: Tracker | None) -> dict[str, Any]:
-    # every task goes through the task runner (.submit), so on a Dask cluster the model work runs
-    # on the workers (GPUs), not in the flow's process
+    # every task that loads a model goes through the task runner (.submit), so on a Dask cluster the
+    # model work runs on the workers (GPUs), not in the flow's process; first the worker's own checks
+    check_task.with_options(retries=retries).submit(ctx).result()
     init_task.with_options(retries=retries).submit(ctx).result()
     run_id = ctx.layout.run_id
     _publish_report_link(ctx)
@@ -242,7 +253,13 @@ def _iterations(ctx: RunContext, iterations: int, retries: int, tracker: Tracker
             f"iteration {i} of run {run_id}",
         )
         timings.update({f"it{i}.{stage}": s for stage, s in seconds.items()})
-    return {"run_dir": ctx.layout.run_dir, "iterations": iterations, "timings": timings}
+    return {
+        "run_id": ctx.layout.run_id,
+        "root": ctx.layout.root,
+        "run_dir": ctx.layout.run_dir,
+        "iterations": iterations,
+        "timings": timings,
+    }
 
 
 def train(
@@ -271,6 +288,24 @@ def train_flow(ctx: RunContext, iterations: int) -> dict[str, Any]:
     return train_iterations(ctx, iterations)
 
 
+TRAINED_EVENT = "tpgrpo.run.trained"
+"""The Prefect event `train_deployment` emits when a run's training finished (prefect.yaml's trigger)."""
+
+
+def trained_event(result: dict[str, Any]) -> dict[str, Any]:
+    """The `emit_event` arguments announcing the finished training `result` of `train`: the run is
+    the event's resource (`tpgrpo.run.<run id>`, named by its run id, with its runs root)."""
+    return {
+        "event": TRAINED_EVENT,
+        "resource": {
+            "prefect.resource.id": f"tpgrpo.run.{result['run_id']}",
+            "prefect.resource.name": result["run_id"],
+            "tpgrpo.root": result["root"],
+        },
+        "payload": {"iterations": result["iterations"]},
+    }
+
+
 @flow(
     name="tpgrpo-train-config",
     flow_run_name=names.train_deployment_run_name,
@@ -286,8 +321,16 @@ def train_deployment(
 ) -> dict[str, Any]:
     """Deployment entrypoint (plain parameters): load the YAML config (+ overrides) and train.
 
-    Runs the train flow as a subflow, under the run lock, exactly as `tpgrpo train` does.
+    Runs the train flow as a subflow, under the run lock, exactly as `tpgrpo train` does, in the
+    same runs root (`root`, else the worker's `$TPGRPO_ROOT`, else the config's `storage.root`); once
+    it finished, emits `tpgrpo.run.trained` (`trained_event`), related to this flow run and deployment.
     """
-    from tpgrpo.config import load_config
+    from prefect.events import emit_event
 
-    return train(load_config(config, overrides or ()), run_id=run_id, iterations=iterations, root=root)
+    from tpgrpo.config import load_config
+    from tpgrpo.pipeline.root import resolve_root
+
+    cfg = load_config(config, overrides or ())
+    result = train(cfg, run_id=run_id, iterations=iterations, root=resolve_root(root, cfg.storage.root))
+    emit_event(**trained_event(result))
+    return result

@@ -142,8 +142,8 @@ class RunInfo:
 def config_reward_key(ctx: RunContext) -> str:
     """The storage key of the run's own reward.
 
-    Found from the manifests (the rewards dataset whose config hash is the config spec's), so
-    listing runs never loads a reward model; a run without scores yet builds the reward once.
+    Found from the manifests (the rewards dataset whose config hash is the config spec's), else
+    from the spec (`RunContext.reward_key`): listing runs never loads a reward model.
     """
     from tpgrpo.pipeline.lineage import score_config_hashes
 

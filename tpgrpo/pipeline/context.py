@@ -48,11 +48,32 @@ class RunContext:
         return cached_policy(self.cfg.model.model_dump_json(), u.lora_rank, u.lora_alpha, self.cfg.seed)
 
     def reward(self, spec: SpecData | None = None) -> Reward:
-        """The reward of `spec` (default: the config's), built once per process."""
-        return cached_reward(self.cfg.reward.spec if spec is None else spec)
+        """The reward of `spec` (default: the config's), built once per process (loads its model:
+        only tasks call this, on the machine that runs them).
+
+        Raises:
+            UserError: the built reward's key is not the one its spec declares (`reward_key`), where
+                the flow planned its outputs.
+        """
+        from tpgrpo.rewards import check_spec
+
+        data = self.cfg.reward.spec if spec is None else spec
+        reward = cached_reward(data)
+        declared = self.reward_key(data)
+        if reward.key != declared:
+            raise UserError(
+                f"reward {check_spec(data)[0]!r} was built with key {reward.key!r}, but its spec declares "
+                f"{declared!r}; a reward's key must be its `key` parameter, else its factory's default "
+                "`key`, else its registered name"
+            )
+        return reward
 
     def reward_key(self, spec: SpecData | None = None) -> str:
-        return str(self.reward(spec).key)
+        """The storage key of `spec`'s reward (default: the config's), from the spec alone: checks the
+        name and parameters, never builds the reward (`rewards.spec_key`)."""
+        from tpgrpo.rewards import spec_key
+
+        return spec_key(self.cfg.reward.spec if spec is None else spec)
 
 
 def load_run(run_id: str, root: str | None) -> RunContext:

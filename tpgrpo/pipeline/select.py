@@ -125,7 +125,7 @@ def check_iteration(iteration: int, available: Sequence[int], *, run_id: str, wh
 def parse_reward_spec(text: str | dict[str, Any]) -> str | dict[str, Any]:
     """A reward spec from `--reward`: a registered name, or JSON like `{"name": "jpeg", "quality": 50}`.
 
-    Only the syntax is checked here; `check_reward_spec` builds the reward.
+    Only the syntax is checked here; `RunContext.reward_key` checks the name and parameters.
 
     Raises:
         `UserError`: invalid JSON, JSON that is not an object with a string `name`, or a malformed name.
@@ -152,13 +152,6 @@ def parse_reward_spec(text: str | dict[str, Any]) -> str | dict[str, Any]:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise UserError(f"--reward {text!r}: a JSON reward spec must be an object with a string 'name'")
     return spec
-
-
-def check_reward_spec(spec: str | dict[str, Any]) -> Any:
-    """Builds the reward of `spec` (unknown names and bad parameters raise `UserError`)."""
-    from tpgrpo.rewards import make_reward
-
-    return make_reward(spec)
 
 
 def check_modes(modes: Sequence[str]) -> list[str]:

@@ -1,13 +1,17 @@
-"""A run's start: the checks before anything is written (`preflight`), then `run.json`, the prompt
-set and checkpoint 0, or the check that it is the same run (`init_run`).
+"""A run's start: the checks before anything is written (`preflight`), the checks only the machine
+that runs the model work can make (`check_worker`), then `run.json`, the prompt set and checkpoint
+0, or the check that it is the same run (`init_run`).
 
 `train` calls `preflight` before it takes the run lock, so a user mistake found there leaves the
 runs root untouched (no `run.lock`, no `run.json`, no half-made run directory) and never reaches a
-Prefect task (whose failure would be logged with a traceback). `preflight` only reads.
+Prefect task (whose failure would be logged with a traceback). `preflight` only reads, and never
+loads a model or a reward model: the orchestrating process may be a CPU machine whose tasks run on
+GPU workers. Those load them in their tasks; `check_worker` is the flows' first task.
 """
 
 from __future__ import annotations
 
+from tpgrpo.config import SpecData
 from tpgrpo.errors import ConfigError, UserError
 from tpgrpo.pipeline.cache import initial_adapter
 from tpgrpo.pipeline.context import Log, RunContext, quiet
@@ -41,16 +45,16 @@ def check_existing_run(ctx: RunContext) -> bool:
 
 
 def preflight(ctx: RunContext) -> None:
-    """Everything about a run that can be checked before its first byte is written.
+    """Everything about a run that can be checked before its first byte is written, in this process.
 
     - the runs root: reachable, with credentials, bucket and access (S3), not a file (local);
     - the run id (already validated by `RunLayout`) and, for an existing run, the same config;
-    - the device: this machine has `model.device` (and a GPU per data-parallel process);
+    - the device, when the tasks run on this machine (`flow.tasks_run_here`): it has `model.device`
+      (and a GPU per data-parallel process); a Dask cluster's workers check their own (`check_worker`);
     - the model: a local `model.path` must be a pipeline directory of `model.family` with
       safetensors weights (a hub id is left to loading);
-    - the reward: built as the score stage will build it (cached per process), so an unknown
-      name, bad parameters, a storage key that is no valid path component, or a remote server
-      that does not answer fail now;
+    - the reward spec: a registered name, parameters its factory takes, and a storage key that is a
+      valid path component (the reward itself is built by the tasks: `check_worker`);
     - the prompt set: readable UTF-8, not empty, and scorable by the reward;
     - the SDE window on the model's grid (SPEC §2's floor), when the model is a local directory
       (a hub id's grid is checked once it is loaded, before its first rollout). This refuses to train
@@ -59,7 +63,6 @@ def preflight(ctx: RunContext) -> None:
     Raises:
         UserError: the first kind of problem found (`ConfigError` lists every prompt problem,
             `StorageAccessError` names what the runs root lacks).
-        RewardError: the reward could not be reached (e.g. its server is down).
     """
     from tpgrpo.models.devices import check_model_device
     from tpgrpo.models.factory import resolve_model_path
@@ -69,13 +72,37 @@ def preflight(ctx: RunContext) -> None:
     cfg = ctx.cfg
     check_root(ctx.layout.root, ctx.storage_options)
     check_existing_run(ctx)
-    check_model_device(cfg)
+    if cfg.flow.tasks_run_here:
+        check_model_device(cfg)
     check_pipeline_dir(resolve_model_path(cfg.model.path), cfg.model.family)
     validate_key(ctx.reward_key())
     rows = run_prompts(cfg)
     problems = check_prompts_for_reward(rows, cfg.reward.spec) + window_check(cfg)
     if problems:
         raise ConfigError(problems)
+
+
+def check_worker(ctx: RunContext, spec: SpecData | None = None, *, model: bool = True) -> str:
+    """What only the machine that runs the model work can check, before any of it: the flows run
+    this as their first task, on their task runner (a GPU worker on a Dask cluster).
+
+    - the device (with `model`): this machine has `model.device` (and a GPU per data-parallel process);
+    - the reward of `spec` (default: the config's) builds here: its weights load on its device, its
+      server answers, its parameter values are valid, and it has the key the flow planned with.
+      It stays cached for the tasks that score on this worker.
+
+    Returns:
+        `str`: the reward's key.
+
+    Raises:
+        UserError: a device this machine lacks, or a reward that does not build.
+        RewardError: the reward could not be reached (e.g. its server is down).
+    """
+    from tpgrpo.models.devices import check_model_device
+
+    if model:
+        check_model_device(ctx.cfg)
+    return str(ctx.reward(spec).key)
 
 
 def init_run(ctx: RunContext, log: Log = quiet) -> None:

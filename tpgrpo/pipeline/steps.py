@@ -16,7 +16,7 @@ from tpgrpo.pipeline.plan import Plan, plan, prepare, stale_hint
 from tpgrpo.pipeline.shards import SHARD_FUNCS, finalize, sharded_step
 from tpgrpo.pipeline.stage import run_stage
 from tpgrpo.pipeline.stale import report_stale_consumers
-from tpgrpo.pipeline.start import init_run
+from tpgrpo.pipeline.start import check_worker, init_run
 from tpgrpo.pipeline.update import UPDATE_COLUMNS, UpdatePlan, prepare_update, update_step
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "RunContext",
     "UpdatePlan",
     "annotate_step",
+    "check_worker",
     "finalize",
     "init_run",
     "plan",

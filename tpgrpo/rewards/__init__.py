@@ -2,7 +2,8 @@
 
 `make_reward("shapes")` or `make_reward({"name": "shapes", **params})` builds a `Reward`. A
 factory imports its module only when called, so listing or validating rewards stays cheap; adding
-a reward is one line: `"name": lazy("tpgrpo.rewards.module:Factory")`.
+a reward is one line: `"name": lazy("tpgrpo.rewards.module:Factory")`. `check_spec` and `spec_key`
+check a spec and give its storage key without building the reward (no weights, no device).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from tpgrpo.errors import UserError
 from tpgrpo.rewards.base import Reward, RewardResult
 
-__all__ = ["REWARDS", "Reward", "RewardResult", "lazy", "make_reward"]
+__all__ = ["REWARDS", "Reward", "RewardResult", "check_spec", "lazy", "make_reward", "spec_key"]
 
 
 def lazy(target: str) -> Callable[..., Reward]:
@@ -62,14 +63,17 @@ REWARDS: dict[str, Callable[..., Reward]] = {
 """Registered rewards: name -> factory(**params)."""
 
 
-def make_reward(spec: str | Mapping[str, Any]) -> Reward:
-    """Build a registered reward.
+def check_spec(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The name and parameters of a reward spec, checked against the registry without building it.
+
+    Imports the factory's module (for its signature), never its model: cheap on any machine, so an
+    orchestrator checks a spec whose reward runs on another one (a GPU worker).
 
     Args:
         spec (`str | Mapping`): a name (`"shapes"`) or `{"name": "shapes", **params}`.
 
     Returns:
-        `Reward`: the reward.
+        `(str, dict)`: the registered name and the parameters.
 
     Raises:
         `UserError`: no name, an unknown name (lists the registered ones) or parameters the
@@ -86,11 +90,49 @@ def make_reward(spec: str | Mapping[str, Any]) -> Reward:
         raise UserError(f"a reward spec is a name or a mapping with 'name', got {spec!r}")
     if name not in REWARDS:
         raise UserError(f"unknown reward {name!r}; registered rewards: {list(REWARDS)}")
-    real = resolve(REWARDS[name])
-    signature = inspect.signature(real)
+    signature = inspect.signature(resolve(REWARDS[name]))
     try:
         signature.bind(**params)
     except TypeError as e:
         takes = [p for p in signature.parameters if p != "self"] or "no parameters"
         raise UserError(f"reward {name!r}: bad parameters {sorted(params)} ({e}); it takes {takes}") from e
+    return name, params
+
+
+def spec_key(spec: str | Mapping[str, Any]) -> str:
+    """The storage key the reward of `spec` has, without building it (see `check_spec`).
+
+    The `key` parameter when the spec gives one, else the factory's default `key` (its signature's,
+    or a class's `key` attribute), else the registered name. A built reward must carry this key
+    (`pipeline.context.RunContext.reward` checks it), so a factory whose key depends on anything
+    else cannot be registered.
+
+    Raises:
+        `UserError`: what `check_spec` refuses, or a `key` that is not a non-empty string.
+    """
+    name, params = check_spec(spec)
+    key = params.get("key")
+    if key is None:
+        real = resolve(REWARDS[name])
+        default = inspect.signature(real).parameters.get("key")
+        key = default.default if default is not None else getattr(real, "key", None)
+        key = key if isinstance(key, str) and key else name
+    if not isinstance(key, str) or not key:
+        raise UserError(f"reward {name!r}: key must be a non-empty string, got {key!r}")
+    return key
+
+
+def make_reward(spec: str | Mapping[str, Any]) -> Reward:
+    """Build a registered reward (loads its model, if it has one).
+
+    Args:
+        spec (`str | Mapping`): a name (`"shapes"`) or `{"name": "shapes", **params}`.
+
+    Returns:
+        `Reward`: the reward.
+
+    Raises:
+        `UserError`: what `check_spec` refuses, or parameter values the factory refuses.
+    """
+    name, params = check_spec(spec)
     return REWARDS[name](**params)
