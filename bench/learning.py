@@ -821,7 +821,8 @@ def report(summary: dict[str, Any], runs: list[dict[str, Any]], name: str) -> No
     axes[4].set_ylabel("kept turning points per transition")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a panel with no curve (no step-level run) has no legend
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / f"{name}_curves.png", dpi=110)
 

@@ -8,7 +8,6 @@ benchmark runs for hours); creating the run is real (`init_run` on the embedded 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,15 +20,11 @@ from tpgrpo.errors import UserError
 from tpgrpo.pipeline.context import load_run
 from tpgrpo.storage.blobs import blob_state
 
-LEARNING = Path(__file__).resolve().parents[2] / "bench" / "learning.py"
+from . import load
 
 
 def _learning() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_learning", LEARNING)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("learning")
 
 
 def test_base_evaluation_finds_its_run_on_a_fresh_root(tmp_path: Path, monkeypatch: Any) -> None:

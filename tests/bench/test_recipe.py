@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from . import load
 
 
 def _recipe() -> ModuleType:
-    sys.path.insert(0, str(BENCH))  # recipe.py imports its sibling learning.py, as when run as a script
-    try:
-        spec = importlib.util.spec_from_file_location("bench_recipe", BENCH / "recipe.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+    return load("recipe")
 
 
 TASKS = ["counting", "counting", "position", "position"]

@@ -3,8 +3,6 @@ of increments, turning-point precision and recall."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -12,16 +10,12 @@ import pytest
 
 from tpgrpo.config import Config
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "step_rewards.py"
+from . import load
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_step_rewards", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("step_rewards")
 
 
 def test_spearman(bench: ModuleType) -> None:
