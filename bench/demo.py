@@ -33,6 +33,7 @@ from _common import run_cli
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 FLOW_GRPO = ["reward.mode=flow_grpo", "branch.completions=false"]
+COUNTING = [*FLOW_GRPO, "rollout.tasks=[counting]"]
 
 # name -> (the `--set` overrides, iterations, evaluation replicates, what it tries)
 CANDIDATES: dict[str, tuple[list[str], int, int, str]] = {
@@ -44,12 +45,7 @@ CANDIDATES: dict[str, tuple[list[str], int, int, str]] = {
         "the two tasks with room and successes (bench/results/signal_share.json), evaluated on them",
     ),
     "counting": (
-        [
-            *FLOW_GRPO,
-            "rollout.tasks=[counting]",
-            "rollout.batches_per_iteration=1",
-            "update.optimizer_steps=1",
-        ],
+        [*COUNTING, "rollout.batches_per_iteration=1", "update.optimizer_steps=1"],
         48,
         16,
         "counting only, 32 trajectories and one optimizer step per iteration (issue 14's independent "
@@ -60,6 +56,20 @@ CANDIDATES: dict[str, tuple[list[str], int, int, str]] = {
         24,
         6,
         "signal, with lr 3e-3 held by KL β 0.01",
+    ),
+    "counting64": (
+        [*COUNTING, "rollout.batches_per_iteration=1", "update.optimizer_steps=1"],
+        64,
+        48,
+        "counting as above, 64 iterations, 48 noises per held-out prompt (864 images: the CI's noise "
+        "was mostly the replicates')",
+    ),
+    "counting_ref": (
+        COUNTING,
+        32,
+        48,
+        "counting with the reference update (64 trajectories, 2 optimizer steps), 32 iterations (the "
+        "CPU of counting64), 48 noises per held-out prompt",
     ),
 }
 

@@ -86,7 +86,12 @@ def run_rank(run: str, iteration: int, root: str | None = None, force: bool = Fa
         log: Log = typer.echo if rank == 0 else quiet
         if rank == 0 and world > 1:
             log(f"update it{iteration}: data-parallel over {world} processes ({backend})")
-        return update_step(ctx, iteration, force=force, log=log, dp=DataParallel(rank, world))
+        done = update_step(ctx, iteration, force=force, log=log, dp=DataParallel(rank, world))
+        if world > 1:
+            # no rank tears its connections down while a peer may still read from them: gloo
+            # aborts the process ("terminate called without an active exception") if one does
+            torch.distributed.barrier()
+        return done
     finally:
         if world > 1:
             torch.distributed.destroy_process_group()
