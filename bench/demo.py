@@ -61,8 +61,7 @@ CANDIDATES: dict[str, tuple[list[str], int, int, str]] = {
         [*COUNTING, "rollout.batches_per_iteration=1", "update.optimizer_steps=1"],
         64,
         48,
-        "counting as above, 64 iterations, 48 noises per held-out prompt (864 images: the CI's noise "
-        "was mostly the replicates')",
+        "counting as above, 64 iterations, 48 noises per held-out prompt (864 images)",
     ),
     "counting_ref": (
         COUNTING,
