@@ -32,6 +32,13 @@ benchmark resumes on another machine or a fresh clone, where `--root` is gone: a
 not trained again, only the missing ones. Results (JSON; PNG curves against iterations, model
 evaluations and compute seconds, and kept turning points by step) go to `bench/results/`.
 `--quick`: 2 seeds × the four modes, 40 s each (~5 minutes; a smoke test of the pipeline only).
+
+`--tasks counting` trains every run on the counting prompts only (`rollout.tasks`) and evaluates it
+on counting's 18 held-out prompts; its archive and results carry the tasks in their names
+(`learning_runs/budget450-r49-e10-counting/`, `learning_counting.json`). This is the protocol on
+which Flow-GRPO beats the base within the budget (the pilot: bench/demo.py's `counting_ref`):
+
+    python bench/learning.py --tasks counting --budget 450 --replicates 49 --seeds 5 --workers 2
 """
 
 from __future__ import annotations
@@ -201,9 +208,20 @@ def eval_cache(
 ARCHIVE = RESULTS / "learning_runs"
 
 
-def archive_dir(budget: float, replicates: int, steps: int) -> Path:
-    """The archive of one protocol: runs are comparable only at the same budget and held-out set."""
-    return ARCHIVE / f"budget{budget:g}-r{replicates}-e{steps}"
+def archive_dir(budget: float, replicates: int, steps: int, tasks: list[str] | None = None) -> Path:
+    """The archive of one protocol: runs are comparable only at the same budget, tasks and held-out
+    set (`tasks`: the `rollout.tasks` every run trains and is evaluated on; None: all of them)."""
+    return ARCHIVE / f"budget{budget:g}-r{replicates}-e{steps}{task_suffix(tasks)}"
+
+
+def task_suffix(tasks: list[str] | None) -> str:
+    """`-counting-position` for `--tasks counting position`; empty for every task."""
+    return "".join(f"-{t}" for t in tasks or [])
+
+
+def task_sets(tasks: list[str] | None) -> list[str]:
+    """The config override restricting training (and so the held-out evaluation) to `tasks`."""
+    return [f"rollout.tasks=[{', '.join(tasks)}]"] if tasks else []
 
 
 def _rounded(x: Any) -> Any:
@@ -261,20 +279,21 @@ def evaluate_run(
     root: Path, run_id: str, checkpoint: int, replicates: int, steps: int, ema: bool = True
 ) -> dict[str, Any]:
     """Score the EMA adapter of `checkpoint` (`ema=False`: the live adapter) on the fixed held-out set
-    (cached beside the run)."""
+    (cached beside the run): the test prompts of the tasks the run trains on, as `tpgrpo evaluate`
+    takes them."""
     cache = eval_cache(root, run_id, checkpoint, replicates, steps, ema)
     if cache.is_file():
         return json.loads(cache.read_text())
     from tpgrpo.pipeline.context import load_run
+    from tpgrpo.pipeline.evaluate import eval_prompts
     from tpgrpo.rewards import make_reward
     from tpgrpo.stages.checkpoints import load_adapter
     from tpgrpo.stages.evaluate import evaluate
-    from tpgrpo.world.prompts import load_prompts
 
     ctx = load_run(run_id, str(root))
     policy = ctx.policy()
     load_adapter(ctx.layout.checkpoint(checkpoint), policy, ema=ema)
-    prompts = [r.to_row() for r in load_prompts("test")]
+    _, prompts = eval_prompts(ctx, None, None)
     result = evaluate(
         policy,
         make_reward("shapes"),
@@ -372,7 +391,15 @@ def main() -> None:
     ap.add_argument("--configs", nargs="*", default=None, choices=list(CONFIGS))
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--budget", type=float, default=600.0, help="compute seconds per run (one thread)")
-    ap.add_argument("--replicates", type=int, default=6, help="seeds per test prompt (146 prompts)")
+    ap.add_argument(
+        "--replicates", type=int, default=6, help="seeds per test prompt (146 prompts; 18 for counting)"
+    )
+    ap.add_argument(
+        "--tasks",
+        nargs="*",
+        default=None,
+        help="train and evaluate on these tasks only (rollout.tasks), e.g. counting; default: every task",
+    )
     ap.add_argument("--eval-steps", type=int, default=10)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs side by side")
     ap.add_argument("--root", default=str(ROOT / "runs" / "bench-learning"))
@@ -386,12 +413,13 @@ def main() -> None:
     seeds = list(range(2 if args.quick else args.seeds))
     budget = 40.0 if args.quick else args.budget
     replicates = 1 if args.quick else args.replicates
-    extra = ["rollout.batches_per_iteration=1"] if args.quick else []
+    extra = [*(["rollout.batches_per_iteration=1"] if args.quick else []), *task_sets(args.tasks)]
     root = Path(args.root)
     # The four modes first, seed by seed, then the controls: a partial run is a balanced one.
     modes, controls = [c for c in configs if c in MODES], [c for c in configs if c not in MODES]
     jobs = [(c, s) for group in (modes, controls) for s in seeds for c in group]
-    folder = archive_dir(budget, replicates, args.eval_steps)
+    folder = archive_dir(budget, replicates, args.eval_steps, args.tasks)
+    name = ("learning_quick" if args.quick else "learning") + task_suffix(args.tasks).replace("-", "_")
     found = {(c, s): finished_run(root, c, s, replicates, args.eval_steps, folder) for c, s in jobs}
     base = archived(folder, "base")
     if args.report_only:
@@ -449,10 +477,11 @@ def main() -> None:
     evaluate_at_partner_iterations(root, runs, replicates, args.eval_steps, folder)
     summary = summarize(runs, base)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report(summary, runs, "learning_quick" if args.quick else "learning")
+    report(summary, runs, name)
     out = {
         "quick": args.quick,
         "budget_s": budget,
+        "tasks": args.tasks,
         "seeds": seeds,
         "missing_runs": missing,
         "workers": args.workers,
@@ -467,9 +496,7 @@ def main() -> None:
         ],
         "load_average": os.getloadavg(),
     }
-    (RESULTS / ("learning_quick.json" if args.quick else "learning.json")).write_text(
-        json.dumps(out, indent=1)
-    )
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
 
 
 def flow_reference(config: str) -> str:

@@ -145,3 +145,20 @@ def test_archived_runs_resume_without_their_root(tmp_path: Path, monkeypatch: An
     assert out["summary"]["tp_constrained"]["paired_diff_vs_flow_grpo_equal_iterations"][0] == pytest.approx(
         -0.5
     )
+
+
+def test_tasks_restrict_training_evaluation_and_archive(tmp_path: Path) -> None:
+    """`--tasks counting`: every run trains on counting prompts only, is evaluated on counting's
+    held-out prompts (as `tpgrpo evaluate` takes them), and is archived apart from all-task runs."""
+    from tpgrpo.pipeline.evaluate import eval_prompts
+    from tpgrpo.stages.prompts import read_prompt_source
+
+    learning = _learning()
+    assert learning.archive_dir(450.0, 49, 10, ["counting"]).name == "budget450-r49-e10-counting"
+    assert learning.archive_dir(450.0, 49, 10, None).name == "budget450-r49-e10"
+    ctx = learning.create_run(tmp_path, "flow_grpo", 0, learning.task_sets(["counting"]))
+    assert ctx.cfg.rollout.tasks == ["counting"]
+    _, rows = eval_prompts(ctx, None, None)
+    test_rows = read_prompt_source("test")
+    assert {r["task"] for r in rows} == {"counting"}
+    assert len(rows) == sum(r["task"] == "counting" for r in test_rows) < len(test_rows)
