@@ -165,6 +165,15 @@ class BranchConfig(_Strict):
         description="complete every window state; false: only the final image is scored (flow_grpo only; "
         "the cost of Flow-GRPO, but the run cannot be re-annotated into step-level modes)",
     )
+    audit_every: Int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="with completions: false, complete every window state anyway on every K-th iteration "
+        "(iterations K−1, 2K−1, …), so those can be re-annotated into step-level modes (`tpgrpo annotate "
+        "--mode tp`) to see what TP-GRPO would make of the run; training is unchanged (flow_grpo reads "
+        "final rewards only), an audited iteration costs a step-level one; null: never",
+    )
     estimator: Text = Field(
         "exact",
         description="how each window state's completion C(s_k) is estimated (docs/operations.md): exact "
@@ -175,6 +184,11 @@ class BranchConfig(_Strict):
     coarse_steps: Int | None = Field(
         None, ge=1, le=3, description="Euler steps of a coarse completion (1–3); null: 2. Only with coarse"
     )
+
+    def completes(self, iteration: int) -> bool:
+        """Whether the branch stage of `iteration` completes the window states (not only the final
+        image): always with `completions`, else on the audited iterations (`audit_every`)."""
+        return self.completions or (self.audit_every is not None and (iteration + 1) % self.audit_every == 0)
 
     @property
     def estimator_label(self) -> str:
@@ -380,6 +394,12 @@ class Config(_Strict):
                     f"branch.estimator=prefix:{prefix} needs K ≤ W, the window's {width} boundaries "
                     f"(prefix:{width} is exact); lower K"
                 )
+        if self.branch.audit_every is not None and self.branch.completions:
+            out.append(
+                f"branch.audit_every={self.branch.audit_every} audits a run without completions, but "
+                "branch.completions is true (every iteration is complete); remove audit_every or set "
+                "branch.completions=false"
+            )
         if not self.branch.completions and self.reward.mode != "flow_grpo":
             out.append(
                 f"branch.completions=false leaves no intermediate rewards for mode {self.reward.mode}; "

@@ -142,10 +142,13 @@ def annotate(
         iters, usable, unusable, run_id=run, what=f"stored {key!r} scores"
     )
     guard_training_data(ctx, key, modes, force)
+    final_only = _final_only(ctx, iterations, key, [m for m in modes if m != "flow_grpo"])
     echo(f"{'iter':>4}  {'mode':<15}{'initial':>10}{'final':>10}{'tps':>6}{'kept':>6}{'zero-adv':>10}")
     with run_lock(ctx.layout.lock(), ctx.storage_options):
         for i in iterations:
             for m in modes:
+                if m != "flow_grpo" and i in final_only:
+                    continue
                 metrics = annotate_step(ctx, i, force, key=key, mode=m).metrics
                 echo(
                     f"{i:>4}  {m:<15}{_fmt(metrics.get('reward_initial_mean')):>10}"
@@ -154,6 +157,43 @@ def annotate(
                 )
     echo(f"annotations: {ctx.layout.run_dir}/iter=NNNN/annotations/{key}/<mode>")
     _fail_on_skips(run, skipped, iterations, skipped_error)
+
+
+def _final_only(ctx: Any, iterations: list[int], key: str, step_modes: list[str]) -> set[int]:
+    """The selected iterations scored on final images only, which the step-level `step_modes` leave
+    out (said on stderr). A run trained without completions has step-level annotations only on its
+    audited iterations (`branch.audit_every`).
+
+    Raises:
+        DataError: a step-level mode has no iteration with completions to annotate.
+    """
+    from tpgrpo.errors import DataError
+    from tpgrpo.pipeline.annotate import final_only_iterations
+    from tpgrpo.pipeline.select import span
+
+    if not step_modes:
+        return set()
+    final_only = final_only_iterations(ctx, iterations, key)
+    if not final_only:
+        return set()
+    audit = ctx.cfg.branch.audit_every
+    if len(final_only) == len(iterations):
+        hint = (
+            f"audited: iterations {audit - 1}, {2 * audit - 1}, … (branch.audit_every={audit})"
+            if audit is not None
+            else "train with branch.audit_every=K to complete every K-th iteration of a flow_grpo run"
+        )
+        raise DataError(
+            f"run {ctx.layout.run_id!r}: iteration(s) {span(final_only)} scored only final images "
+            f"(branch.completions=false), so mode(s) {', '.join(step_modes)} have no intermediate "
+            f"rewards to annotate; {hint}"
+        )
+    typer.echo(
+        f"{', '.join(step_modes)}: left out iteration(s) {span(final_only)}, scored on final images only "
+        "(branch.completions=false; the others were audited with completions)",
+        err=True,
+    )
+    return set(final_only)
 
 
 def _with_advantage(ctx: Any, aggregate: str | None, weights: list[str], stored: list[str]) -> Any:

@@ -9,7 +9,7 @@ from tpgrpo.pipeline.plan import plan, prepare
 from tpgrpo.pipeline.stale import report_stale_consumers
 from tpgrpo.stages import annotate
 from tpgrpo.stages.annotate import stored_reward_keys
-from tpgrpo.storage import Manifest, finalize_dataset, read_manifest
+from tpgrpo.storage import Manifest, finalize_dataset, read_manifest, read_table
 
 
 def annotate_step(
@@ -58,3 +58,16 @@ def annotate_step(
     )
     report_stale_consumers(ctx, "annotate", iteration, manifest.hash, log, key=key, mode=mode)
     return manifest
+
+
+def final_only_iterations(ctx: RunContext, iterations: list[int], key: str) -> list[int]:
+    """Those of `iterations` whose `key` scores cover only the final images (trained without
+    completions and not audited, `branch.audit_every`): the step-level modes cannot annotate them."""
+    out = []
+    for i in iterations:
+        boundaries = read_table(
+            ctx.layout.rewards(i, key), "rewards", columns=["boundary"], storage_options=ctx.storage_options
+        )
+        if len(set(boundaries.column("boundary").to_pylist())) == 1:
+            out.append(i)
+    return out

@@ -23,7 +23,8 @@ _SINGLE = re.compile(r"\s*(\d+)\s*")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def _span(values: Sequence[int]) -> str:
+def span(values: Sequence[int]) -> str:
+    """Iterations as a message names them: `3 … 7` for a range, `1, 4` otherwise, `none`."""
     if not values:
         return "none"
     if list(values) == list(range(values[0], values[-1] + 1)):
@@ -68,7 +69,7 @@ def select_iterations(text: str | None, available: Sequence[int], *, run_id: str
     missing = [i for i in wanted if i not in have]
     if missing:
         raise UserError(
-            f"iteration(s) {_span(missing)} outside run {run_id!r}: iterations with {what} are {_span(have)}"
+            f"iteration(s) {span(missing)} outside run {run_id!r}: iterations with {what} are {span(have)}"
         )
     return wanted
 
@@ -103,8 +104,8 @@ def select_with_skips(
 
 def skipped_error(run_id: str, skipped: Mapping[int, str], done: Sequence[int]) -> DataError:
     """The error a command exits with after skipping iterations (each was named on its own line)."""
-    which = _span(sorted(skipped))
-    worked = f"worked on {_span(list(done))}; " if done else "nothing was done; "
+    which = span(sorted(skipped))
+    worked = f"worked on {span(list(done))}; " if done else "nothing was done; "
     return DataError(
         f"run {run_id!r}: skipped iteration(s) {which}, whose inputs are missing or damaged (listed "
         f"above); {worked}rebuild those inputs (tpgrpo train, tpgrpo stage …, or tpgrpo rescore for a "
@@ -117,7 +118,7 @@ def check_iteration(iteration: int, available: Sequence[int], *, run_id: str, wh
     if iteration not in available:
         raise UserError(
             f"iteration {iteration} outside run {run_id!r}: "
-            f"iterations with {what} are {_span(sorted(available))}"
+            f"iterations with {what} are {span(sorted(available))}"
         )
     return iteration
 

@@ -92,7 +92,8 @@ def _rho(rewards: Any, tids: np.ndarray, w: int, mode: str, what: str) -> tuple[
     if mode != "flow_grpo":
         raise DataError(
             f"this iteration scored only final images (branch.completions=false){what}: mode {mode!r} "
-            "needs intermediate rewards; only flow_grpo can be annotated"
+            "needs intermediate rewards; only flow_grpo can be annotated (branch.audit_every=K completes "
+            "every K-th iteration of such a run)"
         )
     final = boundary_rewards(rewards, tids, w + 1, only=w)  # [N]
     return np.repeat(final[:, None], w + 1, axis=1), True  # [N, W+1]: only ρ_W is known

@@ -10,7 +10,9 @@ For trajectory boundary `j = 0 … W` at grid index `k = w0 + j`:
   `C(s_0)` thus starts from the trajectory's own initial noise.
 
 With `branch.completions: false` (flow_grpo only) the stage writes just the final boundary: the
-cost of Flow-GRPO, which scores final images only.
+cost of Flow-GRPO, which scores final images only. `branch.audit_every: K` still completes every K-th
+iteration, so that one can be re-annotated into the step-level modes (an audit of what TP-GRPO would
+do with the run; the flow_grpo update reads only the final rewards either way).
 
 All branches of all trajectories live on one grid, so at grid index `g` every branch started at or
 before `g` has the same σ: one batch per level, cut into chunks of the model's best batch size.
@@ -84,13 +86,17 @@ def complete_branches(
     cfg: Config,
     rollouts: Any,
     chunk: int | None = None,
+    completions: bool | None = None,
 ) -> BranchResult:
     """Run every branch of `rollouts` (a table with states, ode_states, sigmas, prompt, window).
 
     Args:
         chunk (`int`, *optional*): samples per model call; default: the best batch (configured or
             measured).
+        completions (`bool`, *optional*): complete the window states (else only the final image
+            stands); default `branch.completions` (the stage passes `branch.completes(iteration)`).
     """
+    complete = cfg.branch.completions if completions is None else completions
     reuse = cfg.branch.reuse_rollout_velocity
     est = parse_estimator(cfg.branch.estimator, cfg.branch.coarse_steps)
     prompts = sorted(set(rollouts.column("prompt").to_pylist()))
@@ -116,7 +122,7 @@ def complete_branches(
         w0, w, p = row["window_start"], row["window_size"], prompt_row[row["prompt"]]
         if problems := prefix_problems(cfg.branch.estimator, w):
             raise ConfigError(problems)
-        for j in range(w if cfg.branch.completions else 0):
+        for j in range(w if complete else 0):
             k = w0 + j
             if not est.completes(j):  # prefix:K, j ≥ K: the final image stands in (ρ_j = ρ_W)
                 branches.append(Branch(row["trajectory_id"], j, k, num_steps, p, 0))
@@ -288,7 +294,7 @@ def run_shard(
         filter=pc.field("group_id").isin(mine),
         storage_options=storage_options,
     ).sort_by("trajectory_id")
-    result = complete_branches(policy, cfg, rollouts)
+    result = complete_branches(policy, cfg, rollouts, completions=cfg.branch.completes(iteration))
     final_png = dict(
         zip(rollouts.column("trajectory_id").to_pylist(), rollouts.column("image").to_pylist(), strict=True)
     )
