@@ -19,8 +19,11 @@ DEMO_RUN ?= demo
 # recipe, for 32 iterations, then evaluates the base and the last checkpoint on the 18 held-out
 # counting prompts x 48 noises. bench/demo.py measured it: +0.038, +0.032, +0.068 mean score over
 # seeds 0-2, each 95 % CI excluding zero; every-task demos of 24 iterations did not (bench/README.md).
-DEMO_SET        ?= --set reward.mode=flow_grpo --set branch.completions=false --set 'rollout.tasks=[counting]'
+# Its last iteration is audited (branch.audit_every): completed like a TP-GRPO iteration (~25 s more),
+# so TP-GRPO's turning points on the same run are shown; the training is unchanged by it.
 DEMO_ITERATIONS ?= 32
+DEMO_SET        ?= --set reward.mode=flow_grpo --set branch.completions=false --set 'rollout.tasks=[counting]' \
+                   --set branch.audit_every=$(DEMO_ITERATIONS)
 DEMO_REPLICATES ?= 48
 
 .PHONY: demo test lint install install-test clean
@@ -44,6 +47,8 @@ install-test: $(VENV)/.installed-test
 
 demo: $(VENV)/.installed
 	$(BIN)/tpgrpo train configs/tiny.yaml --run-id $(DEMO_RUN) --iterations $(DEMO_ITERATIONS) $(DEMO_SET)
+	$(BIN)/tpgrpo annotate --run $(DEMO_RUN) --reward shapes --mode tp --mode tp_constrained
+	$(BIN)/tpgrpo audit turning-points --run $(DEMO_RUN) --reward shapes --mode tp_constrained
 	$(BIN)/tpgrpo evaluate --run $(DEMO_RUN) --checkpoint latest --baseline 0 --replicates $(DEMO_REPLICATES)
 	$(BIN)/tpgrpo report --run $(DEMO_RUN) --out runs/$(DEMO_RUN)/report
 	@echo ""
