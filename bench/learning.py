@@ -23,6 +23,7 @@ Configurations (`--configs`, default: the four modes and `flow_grpo_fast`):
 | flow_grpo_fast | flow_grpo on the first 3 steps only (the SDE window where composition is decided) |
 | <mode>_kl | each mode with a small KL to the base (β = 0.01); only when named in `--configs` |
 | dance | DanceGRPO (configs/dance_tiny.yaml): η = 0.3, 60 % of steps, shared noise; when named |
+| tp_constrained_coarse, _x0 | tp_constrained, `branch.estimator` coarse (2 Euler steps) or x0; when named |
 
 Runs are resumable: each is a tpgrpo run under `--root`, its per-iteration timings and
 turning-point counts by step in `bench.json` beside it, its evaluation cached beside that; rerunning
@@ -83,6 +84,9 @@ CONFIGS: dict[str, list[str]] = {
     "flow_grpo_fast": [*BASE_CONFIGS["flow_grpo"], "sampling.window_size=3"],
     **{f"{mode}_kl": [*sets, "update.kl_beta=0.01"] for mode, sets in BASE_CONFIGS.items()},
     "dance": DANCE,
+    # issue 18: the cheaper step-reward estimators (bench/step_rewards.py), at equal compute
+    "tp_constrained_coarse": [*BASE_CONFIGS["tp_constrained"], "branch.estimator=coarse"],
+    "tp_constrained_x0": [*BASE_CONFIGS["tp_constrained"], "branch.estimator=x0"],
 }
 DEFAULT_CONFIGS = [*MODES, "flow_grpo_fast"]  # the four modes and the early-window control
 
@@ -404,6 +408,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs side by side")
     ap.add_argument("--root", default=str(ROOT / "runs" / "bench-learning"))
     ap.add_argument(
+        "--name",
+        default=None,
+        help="results file names (bench/results/NAME.json, .md, _curves.png); default: learning, "
+        "learning_<tasks> with --tasks, learning_quick with --quick. Runs are archived by protocol "
+        "either way, so another --name over other --configs reuses the finished ones",
+    )
+    ap.add_argument(
         "--report-only",
         action="store_true",
         help="summarize the runs finished so far (train nothing; evaluates the base if needed)",
@@ -419,7 +430,9 @@ def main() -> None:
     modes, controls = [c for c in configs if c in MODES], [c for c in configs if c not in MODES]
     jobs = [(c, s) for group in (modes, controls) for s in seeds for c in group]
     folder = archive_dir(budget, replicates, args.eval_steps, args.tasks)
-    name = ("learning_quick" if args.quick else "learning") + task_suffix(args.tasks).replace("-", "_")
+    name = args.name or ("learning_quick" if args.quick else "learning") + task_suffix(args.tasks).replace(
+        "-", "_"
+    )
     found = {(c, s): finished_run(root, c, s, replicates, args.eval_steps, folder) for c, s in jobs}
     base = archived(folder, "base")
     if args.report_only:
