@@ -83,6 +83,20 @@ def test_audited_iterations_have_completions_and_train_the_same(
     rows = [line.split() for line in out.output.splitlines() if line.split()[:2] == ["1", "tp_constrained"]]
     assert len(rows) == 1
 
+    # the report shows TP-GRPO's view of the audited iteration: its stats, plot and example strips
+    from tpgrpo.report.build import build_report
+
+    files = build_report(audited, tmp_path / "report")
+    page = files.html.read_text()
+    assert "TP-GRPO on the audited iterations" in page and "iteration(s) 1 were completed anyway" in page
+    assert "mode tp_constrained" in page and "iteration 1: " in page
+    assert {p.name for p in files.images} >= {
+        "turning_points_tp_constrained.png",
+        "strips_iter=0001_tp_constrained.png",
+    }
+    plain_page = build_report(plain, tmp_path / "plain-report").html.read_text()
+    assert "TP-GRPO on the audited iterations" not in plain_page
+
     # only final images selected: a clear error naming the audited iterations
     out = runner.invoke(app, [*args, "--mode", "tp", "--iters", "0"])
     assert isinstance(out.exception, DataError)

@@ -4,7 +4,8 @@ Written to `out/`: `rewards.png` (train and eval reward against iteration, model
 wall-clock), `turning_points.png`, `learning.png` (per trained step: gradient share and norm, clip
 fraction, non-zero advantages, and groups without reward spread; `report.health`),
 `strips_iter=NNNN.png` (example trajectories' branch images
-with their rewards), `eval_samples.png` (the latest evaluation per task) and `index.html`, which
+with their rewards), for a Flow-GRPO run's audited iterations `turning_points_<mode>.png` and
+`strips_iter=NNNN_<mode>.png` (`audit_sections`), `eval_samples.png` (the latest evaluation per task) and `index.html`, which
 embeds all of them as data URIs so it can be mailed or archived as one file. Only stored data is
 read: model evaluations, timings and `created` stamps come from the manifests.
 """
@@ -345,6 +346,9 @@ def build_report(
             html.section("Turning points", html.paragraph(f"No {key}/{m} annotations yet.", True))
         )
 
+    if m == "flow_grpo":
+        sections += audit_sections(ctx, info, key, out, files, say)
+
     # --- learning health
     say("plotting learning health")
     health = read_health(ctx, key, m)
@@ -375,7 +379,8 @@ def build_report(
     if not cfg.branch.completions:
         note = (
             "Trained without completions (branch.completions: false): a trajectory stores its final "
-            "image only, so there are no branch strips to draw."
+            "image only, so there are no branch strips to draw"
+            + (" (the audited iterations' are above)." if cfg.branch.audit_every is not None else ".")
         )
         sections.append(html.section("Example trajectories", html.paragraph(note, True)))
     for i in sorted({iterations[0], iterations[-1]}) if iterations and cfg.branch.completions else []:
@@ -405,3 +410,72 @@ def build_report(
 
     files.html.write_text(html.page(f"tpgrpo run {layout.run_id}", sections), encoding="utf-8")
     return files
+
+
+AUDIT_MODES = ("tp_constrained", "tp", "incremental")
+"""The step-level modes a Flow-GRPO run's audited iterations may be re-annotated with, in the order
+the report shows them (the first one found also gets a plot and example strips)."""
+
+
+def audit_sections(
+    ctx: RunContext, info: RunInfo, key: str, out: Path, files: ReportFiles, say: Log
+) -> list[str]:
+    """TP-GRPO's view of a Flow-GRPO run: the step-level annotations of its audited iterations
+    (`branch.audit_every`, then `tpgrpo annotate --mode tp_constrained`), which the training did not
+    use. No section when there are none."""
+    from tpgrpo.report.images import stack_vertically
+    from tpgrpo.report.trajectory import load_trajectory, pick_examples, trajectory_strip
+
+    layout, opts = ctx.layout, ctx.storage_options
+    found = {
+        mode: [
+            r.iteration
+            for r in info.iterations
+            if manifest_or_none(layout.annotations(r.iteration, key, mode), opts) is not None
+        ]
+        for mode in AUDIT_MODES
+    }
+    found = {mode: its for mode, its in found.items() if its}
+    if not found:
+        return []
+    first, iterations = next(iter(found.items()))
+    parts = [
+        html.paragraph(
+            f"This run trains Flow-GRPO advantages without completions; iteration(s) "
+            f"{', '.join(map(str, iterations))} were completed anyway (branch.audit_every) and "
+            f"re-annotated with TP-GRPO's step-level mode(s) {', '.join(found)} (tpgrpo annotate): what "
+            "TP-GRPO would have made of the same trajectories. The training did not use these annotations.",
+            True,
+        )
+    ]
+    say(f"plotting the audited iterations' turning points ({first})")
+    png = out / f"turning_points_{first}.png"
+    stats = {
+        mode: [read_turning_point_stats(layout.annotations(i, key, mode), i, opts) for i in its]
+        for mode, its in found.items()
+    }
+    turning_point_plots(stats[first], str(png), f"{layout.run_id}: turning points ({key}, {first}, audited)")
+    files.images.append(png)
+    parts.append(html.image(png, f"turning points of the audited iterations ({first})"))
+    parts += [
+        html.preformatted(format_turning_points(st, f"reward {key}, mode {mode}"))
+        for mode, st in stats.items()
+    ]
+    last = iterations[-1]
+    say(f"drawing example trajectories of audited iteration {last}")
+    strips = [
+        trajectory_strip(ctx, load_trajectory(ctx, last, t, key, first), scale=2)
+        for t in pick_examples(ctx, last, key, first)
+    ]
+    strip_png = out / f"strips_iter={last:04d}_{first}.png"
+    stack_vertically(strips).save(strip_png)
+    files.images.append(strip_png)
+    parts += [
+        html.paragraph(
+            f"Iteration {last}, annotated {first}: branch images C(s_{{w0+j}}) of example "
+            "trajectories, each captioned with R, d and the advantage; red frames mark kept turning points.",
+            True,
+        ),
+        html.image(strip_png, f"example trajectories of audited iteration {last}"),
+    ]
+    return [html.section("TP-GRPO on the audited iterations", *parts)]
