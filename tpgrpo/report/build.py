@@ -3,9 +3,9 @@
 Written to `out/`: `rewards.png` (train and eval reward against iteration, model evaluations and
 wall-clock), `turning_points.png`, `learning.png` (per trained step: gradient share and norm, clip
 fraction, non-zero advantages, and groups without reward spread; `report.health`),
-`strips_iter=NNNN.png` (example trajectories' branch images
-with their rewards), for a Flow-GRPO run's audited iterations `turning_points_<mode>.png` and
-`strips_iter=NNNN_<mode>.png` (`audit_sections`), `eval_samples.png` (the latest evaluation per task) and `index.html`, which
+`strips_iter=NNNN.png` (example trajectories' branch images with their rewards), for a Flow-GRPO
+run's audited iterations `turning_points_<mode>.png` and `strips_iter=NNNN_<mode>.png`
+(`audit_sections`), `eval_samples.png` (the latest evaluation per task) and `index.html`, which
 embeds all of them as data URIs so it can be mailed or archived as one file. Only stored data is
 read: model evaluations, timings and `created` stamps come from the manifests.
 """
