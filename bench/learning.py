@@ -40,6 +40,11 @@ on counting's 18 held-out prompts; its archive and results carry the tasks in th
 which Flow-GRPO beats the base within the budget (the pilot: bench/demo.py's `counting_ref`):
 
     python bench/learning.py --tasks counting --budget 450 --replicates 49 --seeds 5 --workers 2
+
+`--reward shapes_pref` trains on the dense reward (issue 17) instead: every run is still evaluated
+with `shapes` (accuracy, partial credit, quality), and with `shapes_pref` on the same images
+("pref vs base"); archive and results carry `-shapes_pref`. Every table reports the paired
+difference to the base and to Flow-GRPO in strict accuracy and in mean score.
 """
 
 from __future__ import annotations
@@ -212,10 +217,30 @@ def eval_cache(
 ARCHIVE = RESULTS / "learning_runs"
 
 
-def archive_dir(budget: float, replicates: int, steps: int, tasks: list[str] | None = None) -> Path:
-    """The archive of one protocol: runs are comparable only at the same budget, tasks and held-out
-    set (`tasks`: the `rollout.tasks` every run trains and is evaluated on; None: all of them)."""
-    return ARCHIVE / f"budget{budget:g}-r{replicates}-e{steps}{task_suffix(tasks)}"
+def archive_dir(
+    budget: float, replicates: int, steps: int, tasks: list[str] | None = None, reward: str = "shapes"
+) -> Path:
+    """The archive of one protocol: runs are comparable only at the same budget, tasks, training
+    reward and held-out set (`tasks`: the `rollout.tasks` every run trains and is evaluated on;
+    None: all of them)."""
+    tail = "" if reward == "shapes" else f"-{reward}"
+    return ARCHIVE / f"budget{budget:g}-r{replicates}-e{steps}{task_suffix(tasks)}{tail}"
+
+
+class WithTrainingReward:
+    """The `shapes` detector (accuracy, partial credit, image quality: every run's evaluation),
+    with the run's own training reward's score of the same image in each row's details (`pref`):
+    runs trained on `shapes_pref` are evaluated on both, from one sampling."""
+
+    def __init__(self, shapes: Any, trained: Any) -> None:
+        self.shapes, self.trained = shapes, trained
+        self.key, self.version = shapes.key, shapes.version
+
+    def score(self, images: Any, prompts: Any) -> Any:
+        result = self.shapes.score(images, prompts)
+        pref = self.trained.score(images, prompts).score
+        result.details = [d | {"pref": float(p)} for d, p in zip(result.details, pref, strict=True)]
+        return result
 
 
 def task_suffix(tasks: list[str] | None) -> str:
@@ -298,9 +323,10 @@ def evaluate_run(
     policy = ctx.policy()
     load_adapter(ctx.layout.checkpoint(checkpoint), policy, ema=ema)
     _, prompts = eval_prompts(ctx, None, None)
+    trained = ctx.reward_key() != "shapes"
     result = evaluate(
         policy,
-        make_reward("shapes"),
+        WithTrainingReward(make_reward("shapes"), ctx.reward()) if trained else make_reward("shapes"),
         prompts,
         checkpoint=str(checkpoint),
         replicates=replicates,
@@ -319,6 +345,7 @@ def evaluate_run(
         "score": rows["score"],
         "task": rows["task"],
         "quality": {k: [d[k] for d in details] for k in ("background_dev", "stray_frac", "specks")},
+        **({"pref": [d["pref"] for d in details]} if trained else {}),
         "summary": result["summary"],
     }
     cache.write_text(json.dumps(out))
@@ -399,6 +426,13 @@ def main() -> None:
         "--replicates", type=int, default=6, help="seeds per test prompt (146 prompts; 18 for counting)"
     )
     ap.add_argument(
+        "--reward",
+        default="shapes",
+        choices=["shapes", "shapes_pref"],
+        help="the training reward (reward.spec); every run is also evaluated with shapes (accuracy, "
+        "quality), and with shapes_pref ('pref vs base') when it trains on it",
+    )
+    ap.add_argument(
         "--tasks",
         nargs="*",
         default=None,
@@ -425,14 +459,15 @@ def main() -> None:
     budget = 40.0 if args.quick else args.budget
     replicates = 1 if args.quick else args.replicates
     extra = [*(["rollout.batches_per_iteration=1"] if args.quick else []), *task_sets(args.tasks)]
+    if args.reward != "shapes":
+        extra.append(f"reward.spec={args.reward}")
     root = Path(args.root)
     # The four modes first, seed by seed, then the controls: a partial run is a balanced one.
     modes, controls = [c for c in configs if c in MODES], [c for c in configs if c not in MODES]
     jobs = [(c, s) for group in (modes, controls) for s in seeds for c in group]
-    folder = archive_dir(budget, replicates, args.eval_steps, args.tasks)
-    name = args.name or ("learning_quick" if args.quick else "learning") + task_suffix(args.tasks).replace(
-        "-", "_"
-    )
+    folder = archive_dir(budget, replicates, args.eval_steps, args.tasks, args.reward)
+    suffix = task_suffix(args.tasks) + ("" if args.reward == "shapes" else f"-{args.reward}")
+    name = args.name or ("learning_quick" if args.quick else "learning") + suffix.replace("-", "_")
     found = {(c, s): finished_run(root, c, s, replicates, args.eval_steps, folder) for c, s in jobs}
     base = archived(folder, "base")
     if args.report_only:
@@ -495,6 +530,7 @@ def main() -> None:
         "quick": args.quick,
         "budget_s": budget,
         "tasks": args.tasks,
+        "reward": args.reward,
         "seeds": seeds,
         "missing_runs": missing,
         "workers": args.workers,
@@ -577,16 +613,27 @@ def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any
         for r in runs
         if "eval_matched" in r
     }
+    final_score = {(r["config"], r["seed"]): np.asarray(r["eval"]["score"], float) for r in runs}
+    has_pref = "pref" in base and all("pref" in r["eval"] for r in runs)
 
     def paired(
-        config: str, rs: list[dict[str, Any]], against: dict[Any, np.ndarray]
+        config: str,
+        rs: list[dict[str, Any]],
+        against: dict[Any, np.ndarray],
+        ours: dict[Any, np.ndarray] = final,
     ) -> tuple[float, float] | None:
-        """Mean ± CI over seeds of the per-image strict difference to the reference's run of that seed."""
+        """Mean ± CI over seeds of the per-image difference (strict; `ours`/`against`: another
+        figure) to the reference's run of that seed."""
         ref = flow_reference(config)
         if config == ref or not all((ref, r["seed"]) in against for r in rs):
             return None
-        diffs = [float((final[(config, r["seed"])] - against[(ref, r["seed"])]).mean()) for r in rs]
+        diffs = [float((ours[(config, r["seed"])] - against[(ref, r["seed"])]).mean()) for r in rs]
         return mean_ci(diffs)
+
+    def vs_base(rs: list[dict[str, Any]], figure: str) -> tuple[float, float]:
+        """Mean ± CI over seeds of the per-image difference of `figure` (score, pref) to the base."""
+        b = np.asarray(base[figure], float)
+        return mean_ci([float((np.asarray(r["eval"][figure], float) - b).mean()) for r in rs])
 
     curves = {c: mean_curve(rs) for c, rs in by_config.items()}
     target = float(curves["flow_grpo"]["smoothed"][-1]) if "flow_grpo" in curves else None
@@ -595,6 +642,7 @@ def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any
         "base": {
             "strict": float(base_strict.mean()),
             "score": float(np.mean(base["score"])),
+            **({"pref": float(np.mean(base["pref"]))} if has_pref else {}),
             "quality": {k: float(np.mean(v)) for k, v in base["quality"].items()},
             "per_task_strict": per_task(base["strict"], base["task"], tasks),
         },
@@ -608,6 +656,9 @@ def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any
             "strict": mean_ci([float(s.mean()) for s in strict]),
             "score": mean_ci([float(np.mean(r["eval"]["score"])) for r in rs]),
             "paired_diff_vs_base": mean_ci([float((s - base_strict).mean()) for s in strict]),
+            "paired_score_diff_vs_base": vs_base(rs, "score"),
+            "paired_score_diff_vs_flow_grpo": paired(config, rs, final_score, final_score),
+            **({"paired_pref_diff_vs_base": vs_base(rs, "pref")} if has_pref else {}),
             "flow_reference": flow_reference(config),
             "paired_diff_vs_flow_grpo": paired(config, rs, final),
             "paired_diff_vs_flow_grpo_equal_iterations": paired(config, rs, matched),
@@ -731,7 +782,10 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
     configs = [c for c in summary if c not in ("base", "flow_grpo_final_train_reward")]
     q0 = b["quality"]
     base_quality = [f"{q0['background_dev']:.4f}", f"{q0['stray_frac']:.4f}", f"{q0['specks']:.3f}"]
-    main_rows = [["base", "0", f"{b['strict']:.3f}", *["-"] * 6, *base_quality]]
+    pref = "pref" in b
+    no_diff = ["-"] * 3
+    base_row = ["base", "0", f"{b['strict']:.3f}", *no_diff, f"{b['score']:.4f}", *["-"] * (2 + pref)]
+    main_rows = [[*base_row, *no_diff, *base_quality]]
     for c in configs:
         v, q = summary[c], summary[c]["quality"]
         reach = v["reaches_flow_grpo_final"]
@@ -743,6 +797,10 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                 fmt_ci(v["paired_diff_vs_base"]),
                 fmt_ci(v["paired_diff_vs_flow_grpo"]),
                 fmt_ci(v["paired_diff_vs_flow_grpo_equal_iterations"]),
+                fmt_ci(v["score"]),
+                fmt_ci(v.get("paired_score_diff_vs_base")),
+                fmt_ci(v.get("paired_score_diff_vs_flow_grpo")),
+                *([fmt_ci(v.get("paired_pref_diff_vs_base"))] if pref else []),
                 f"{v['model_evals_per_iteration']:.0f}",
                 f"{v['seconds_per_iteration']:.1f}",
                 f"{reach['iteration']} / {reach['seconds']:.0f}" if reach else "-",
@@ -760,6 +818,10 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         "vs base",
         "vs flow",
         "vs flow, = iters",
+        "score",
+        "score vs base",
+        "score vs flow",
+        *(["pref vs base"] if pref else []),
         "evals/it",
         "s/it",
         "reaches flow (it / s)",

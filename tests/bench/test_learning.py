@@ -145,6 +145,10 @@ def test_archived_runs_resume_without_their_root(tmp_path: Path, monkeypatch: An
     assert out["summary"]["tp_constrained"]["paired_diff_vs_flow_grpo_equal_iterations"][0] == pytest.approx(
         -0.5
     )
+    # the same on the mean score (0.5 + 0.1 per strict success here)
+    assert out["summary"]["flow_grpo"]["paired_score_diff_vs_base"][0] == pytest.approx(0.025)
+    assert out["summary"]["tp_constrained"]["paired_score_diff_vs_flow_grpo"][0] == pytest.approx(-0.025)
+    assert "pref" not in out["summary"]["base"]  # trained on shapes: no second reward
 
 
 def test_tasks_restrict_training_evaluation_and_archive(tmp_path: Path) -> None:
@@ -162,3 +166,26 @@ def test_tasks_restrict_training_evaluation_and_archive(tmp_path: Path) -> None:
     test_rows = read_prompt_source("test")
     assert {r["task"] for r in rows} == {"counting"}
     assert len(rows) == sum(r["task"] == "counting" for r in test_rows) < len(test_rows)
+
+
+def test_shapes_pref_runs_are_evaluated_on_both_rewards() -> None:
+    """`--reward shapes_pref`: one sampling, scored by the `shapes` detector (accuracy and quality)
+    and by the training reward (`pref`); archived apart from the `shapes` protocol."""
+    import numpy as np
+
+    from tpgrpo.rewards import make_reward
+
+    learning = _learning()
+    folder = learning.archive_dir(450.0, 49, 10, ["counting"], "shapes_pref")
+    assert folder.name == "budget450-r49-e10-counting-shapes_pref"
+    shapes, pref = make_reward("shapes"), make_reward("shapes_pref")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3, 64, 64, 3), dtype=np.uint8)
+    images[0] = 240  # a blank image
+    prompts = ["a photo of two red circles", "a photo of a blue square", "a photo of three green triangles"]
+    both = learning.WithTrainingReward(shapes, pref).score(images, prompts)
+    alone = shapes.score(images, prompts)
+    np.testing.assert_array_equal(both.score, alone.score)
+    np.testing.assert_array_equal(both.strict, alone.strict)
+    assert [d["pref"] for d in both.details] == pref.score(images, prompts).score.tolist()
+    assert all(set(d) - {"pref"} == set(a) for d, a in zip(both.details, alone.details, strict=True))
