@@ -218,6 +218,24 @@ def gain_text(ctx: RunContext, key: str, base: Any, last: Any) -> str:
     return head + "; ".join(g.describe() for g in found) + "."
 
 
+def example_strips(
+    ctx: RunContext, iteration: int, key: str, mode: str, png: Path, files: ReportFiles
+) -> Path:
+    """Draw the example trajectories of one annotated iteration (`pick_examples`: most kept turning
+    points, best and worst final reward), one branch strip each, stacked into `png`; list it in
+    `files`. Returns `png`."""
+    from tpgrpo.report.images import stack_vertically
+    from tpgrpo.report.trajectory import load_trajectory, pick_examples, trajectory_strip
+
+    strips = [
+        trajectory_strip(ctx, load_trajectory(ctx, iteration, t, key, mode), scale=2)
+        for t in pick_examples(ctx, iteration, key, mode)
+    ]
+    stack_vertically(strips).save(png)
+    files.images.append(png)
+    return png
+
+
 def build_report(
     ctx: RunContext,
     out_dir: str | Path,
@@ -227,8 +245,6 @@ def build_report(
     log: Log | None = None,
 ) -> ReportFiles:
     """Write the plots and `index.html` of a run into `out_dir` (created if needed)."""
-    from tpgrpo.report.images import stack_vertically
-    from tpgrpo.report.trajectory import load_trajectory, pick_examples, trajectory_strip
 
     say = log or (lambda message: None)
     out = Path(out_dir)
@@ -385,13 +401,7 @@ def build_report(
         sections.append(html.section("Example trajectories", html.paragraph(note, True)))
     for i in sorted({iterations[0], iterations[-1]}) if iterations and cfg.branch.completions else []:
         say(f"drawing example trajectories of iteration {i}")
-        strips = [
-            trajectory_strip(ctx, load_trajectory(ctx, i, t, key, m), scale=2)
-            for t in pick_examples(ctx, i, key, m)
-        ]
-        png = out / f"strips_iter={i:04d}.png"
-        stack_vertically(strips).save(png)
-        files.images.append(png)
+        png = example_strips(ctx, i, key, m, out / f"strips_iter={i:04d}.png", files)
         strip_parts += [
             html.paragraph(f"Iteration {i}:"),
             html.image(png, f"example trajectories of iteration {i}"),
@@ -423,9 +433,6 @@ def audit_sections(
     """TP-GRPO's view of a Flow-GRPO run: the step-level annotations of its audited iterations
     (`branch.audit_every`, then `tpgrpo annotate --mode tp_constrained`), which the training did not
     use. No section when there are none."""
-    from tpgrpo.report.images import stack_vertically
-    from tpgrpo.report.trajectory import load_trajectory, pick_examples, trajectory_strip
-
     layout, opts = ctx.layout, ctx.storage_options
     found = {
         mode: [
@@ -463,13 +470,7 @@ def audit_sections(
     ]
     last = iterations[-1]
     say(f"drawing example trajectories of audited iteration {last}")
-    strips = [
-        trajectory_strip(ctx, load_trajectory(ctx, last, t, key, first), scale=2)
-        for t in pick_examples(ctx, last, key, first)
-    ]
-    strip_png = out / f"strips_iter={last:04d}_{first}.png"
-    stack_vertically(strips).save(strip_png)
-    files.images.append(strip_png)
+    strip_png = example_strips(ctx, last, key, first, out / f"strips_iter={last:04d}_{first}.png", files)
     parts += [
         html.paragraph(
             f"Iteration {last}, annotated {first}: branch images C(s_{{w0+j}}) of example "
