@@ -553,6 +553,17 @@ def flow_reference(config: str) -> str:
     return "flow_grpo_kl" if config.endswith("_kl") else "flow_grpo"
 
 
+def exact_reference(config: str) -> str | None:
+    """The configuration an estimator configuration (one that sets `branch.estimator`) is compared
+    with: the same overrides with the exact completions (`tp_constrained_x0` → `tp_constrained`).
+    None for the others."""
+    sets = CONFIGS.get(config, [])
+    exact = [s for s in sets if not s.startswith("branch.estimator=")]
+    if exact == sets:
+        return None
+    return next((c for c, v in CONFIGS.items() if v == exact), None)
+
+
 # Per step: each Flow-GRPO reference is also evaluated at the iteration count its step-level
 # partner (same seed) reached within the same budget.
 PARTNERS = {"flow_grpo": "tp_constrained", "flow_grpo_kl": "tp_constrained_kl"}
@@ -621,10 +632,11 @@ def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any
         rs: list[dict[str, Any]],
         against: dict[Any, np.ndarray],
         ours: dict[Any, np.ndarray] = final,
+        ref: str | None = None,
     ) -> tuple[float, float] | None:
         """Mean ± CI over seeds of the per-image difference (strict; `ours`/`against`: another
-        figure) to the reference's run of that seed."""
-        ref = flow_reference(config)
+        figure) to the reference's run of that seed (default: the Flow-GRPO reference)."""
+        ref = ref or flow_reference(config)
         if config == ref or not all((ref, r["seed"]) in against for r in rs):
             return None
         diffs = [float((ours[(config, r["seed"])] - against[(ref, r["seed"])]).mean()) for r in rs]
@@ -660,6 +672,12 @@ def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any
             "paired_score_diff_vs_flow_grpo": paired(config, rs, final_score, final_score),
             **({"paired_pref_diff_vs_base": vs_base(rs, "pref")} if has_pref else {}),
             "flow_reference": flow_reference(config),
+            # issue 18: an estimator configuration against its exact-completion configuration
+            "exact_reference": (exact := exact_reference(config)),
+            "paired_diff_vs_exact": paired(config, rs, final, ref=exact) if exact else None,
+            "paired_score_diff_vs_exact": (
+                paired(config, rs, final_score, final_score, ref=exact) if exact else None
+            ),
             "paired_diff_vs_flow_grpo": paired(config, rs, final),
             "paired_diff_vs_flow_grpo_equal_iterations": paired(config, rs, matched),
             "strict_at_partner_iterations": (
@@ -858,8 +876,27 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         ]
         for c in configs
     ]
+    exact_rows = [
+        [
+            c,
+            summary[c]["exact_reference"],
+            f"{summary[c]['iterations']:.1f}",
+            f"{summary[c]['model_evals_per_iteration']:.0f}",
+            fmt_ci(summary[c]["paired_diff_vs_exact"]),
+            fmt_ci(summary[c]["paired_score_diff_vs_exact"]),
+            fmt_ci(summary[c].get("paired_score_diff_vs_flow_grpo")),
+        ]
+        for c in configs
+        if summary[c].get("exact_reference")
+    ]
+    exact_table = (
+        "cheaper step-reward estimators against exact completions (paired, end of the budget)",
+        ["config", "exact", "iterations", "evals/it", "strict vs exact", "score vs exact", "score vs flow"],
+        exact_rows,
+    )
     return [
         ("held-out accuracy, cost and image quality", main_header, main_rows),
+        *([exact_table] if exact_rows else []),
         ("per-task strict accuracy", ["config", *tasks], task_rows),
         (
             "turning points (kept rate and zero increments by trained step j = 0 … W−1)",

@@ -189,3 +189,54 @@ def test_shapes_pref_runs_are_evaluated_on_both_rewards() -> None:
     np.testing.assert_array_equal(both.strict, alone.strict)
     assert [d["pref"] for d in both.details] == pref.score(images, prompts).score.tolist()
     assert all(set(d) - {"pref"} == set(a) for d, a in zip(both.details, alone.details, strict=True))
+
+
+def test_estimator_configurations_are_compared_with_exact_completions() -> None:
+    """Issue 18: `tp_constrained_x0` and `tp_constrained_coarse` differ from `tp_constrained` only in
+    `branch.estimator`; the summary pairs them with it, image by image and seed by seed, and the
+    tables list them against it."""
+    import numpy as np
+
+    learning = _learning()
+    assert learning.exact_reference("tp_constrained_x0") == "tp_constrained"
+    assert learning.exact_reference("tp_constrained_coarse") == "tp_constrained"
+    assert learning.exact_reference("tp_constrained") is None
+    assert learning.exact_reference("flow_grpo") is None
+
+    base_score = [0.5, 0.5, 0.5, 0.5]
+    shift = {"flow_grpo": 0.1, "tp_constrained": 0.05, "tp_constrained_x0": 0.0}
+
+    def run(config: str, seed: int) -> dict[str, Any]:
+        score = [v + shift[config] + 0.01 * seed for v in base_score]
+        history = [
+            {
+                "train_reward": 0.5,
+                "model_evals": 100,
+                "seconds": 1.0,
+                "steps": [4, 4],
+                "nonzero_advantage_by_step": [4, 4],
+                "zero_increment_by_step": [0, 0],
+            }
+        ]
+        evaluation = {
+            "strict": [1, 0, 0, 0] if config == "tp_constrained_x0" else [1, 1, 0, 0],
+            "score": score,
+            "task": ["counting"] * 4,
+            "quality": {k: [0.0] * 4 for k in learning.QUALITY},
+        }
+        return {"run_id": f"{config}-s{seed}", "config": config, "seed": seed, "iterations": 1,
+                "history": history, "eval": evaluation}  # fmt: skip
+
+    base = {"strict": [0, 0, 0, 0], "score": base_score, "task": ["counting"] * 4,
+            "quality": {k: [0.0] * 4 for k in learning.QUALITY}}  # fmt: skip
+    runs = [run(c, s) for c in shift for s in range(3)]
+    summary = learning.summarize(runs, base)
+    x0 = summary["tp_constrained_x0"]
+    assert x0["exact_reference"] == "tp_constrained"
+    np.testing.assert_allclose(x0["paired_score_diff_vs_exact"], [-0.05, 0.0], atol=1e-12)
+    np.testing.assert_allclose(x0["paired_diff_vs_exact"], [-0.25, 0.0], atol=1e-12)
+    np.testing.assert_allclose(x0["paired_score_diff_vs_flow_grpo"], [-0.1, 0.0], atol=1e-12)
+    assert summary["tp_constrained"]["paired_score_diff_vs_exact"] is None
+    (_, header, rows), *_ = [t for t in learning.tables(summary) if "exact" in t[0]]
+    assert [r[:2] for r in rows] == [["tp_constrained_x0", "tp_constrained"]]
+    assert rows[0][header.index("score vs exact")] == "-0.050±0.000"
