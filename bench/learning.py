@@ -647,6 +647,15 @@ def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any
         b = np.asarray(base[figure], float)
         return mean_ci([float((np.asarray(r["eval"][figure], float) - b).mean()) for r in rs])
 
+    matched_at = {(r["config"], r["seed"]): r["matched_iterations"] for r in runs if "eval_matched" in r}
+
+    def near_matched(config: str, rs: list[dict[str, Any]]) -> bool:
+        """Whether each seed's run is within one iteration of the count its Flow-GRPO reference was
+        evaluated at (its step-level partner's): `incremental` and `tp` are, `dance` and the early
+        window (more iterations than the reference has) or the estimators are not."""
+        ref = flow_reference(config)
+        return all(abs(r["iterations"] - matched_at.get((ref, r["seed"]), -9)) <= 1 for r in rs)
+
     curves = {c: mean_curve(rs) for c, rs in by_config.items()}
     target = float(curves["flow_grpo"]["smoothed"][-1]) if "flow_grpo" in curves else None
     tasks = sorted(set(base["task"]))
@@ -679,7 +688,9 @@ def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any
                 paired(config, rs, final_score, final_score, ref=exact) if exact else None
             ),
             "paired_diff_vs_flow_grpo": paired(config, rs, final),
-            "paired_diff_vs_flow_grpo_equal_iterations": paired(config, rs, matched),
+            "paired_diff_vs_flow_grpo_equal_iterations": (
+                paired(config, rs, matched) if near_matched(config, rs) else None
+            ),
             "strict_at_partner_iterations": (
                 mean_ci([float(np.mean(r["eval_matched"]["strict"])) for r in rs])
                 if all("eval_matched" in r for r in rs)
@@ -829,6 +840,7 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         )
     # vs flow: paired difference to the Flow-GRPO reference (flow_grpo_kl for the KL controls) at the
     # end of the budget; = iters: the same, with the reference evaluated at this run's iteration count
+    # (at its step-level partner's: shown where that is within one iteration of this run's)
     main_header = [
         "config",
         "iterations",

@@ -224,8 +224,12 @@ def test_estimator_configurations_are_compared_with_exact_completions() -> None:
             "task": ["counting"] * 4,
             "quality": {k: [0.0] * 4 for k in learning.QUALITY},
         }
-        return {"run_id": f"{config}-s{seed}", "config": config, "seed": seed, "iterations": 1,
-                "history": history, "eval": evaluation}  # fmt: skip
+        iterations = 3 if config == "tp_constrained_x0" else 1
+        r: dict[str, Any] = {"run_id": f"{config}-s{seed}", "config": config, "seed": seed,
+                             "iterations": iterations, "history": history, "eval": evaluation}  # fmt: skip
+        if config == "flow_grpo":  # evaluated at its partner's (tp_constrained's) iteration count
+            r["matched_iterations"], r["eval_matched"] = 1, {**evaluation, "strict": [1, 0, 0, 0]}
+        return r
 
     base = {"strict": [0, 0, 0, 0], "score": base_score, "task": ["counting"] * 4,
             "quality": {k: [0.0] * 4 for k in learning.QUALITY}}  # fmt: skip
@@ -237,6 +241,11 @@ def test_estimator_configurations_are_compared_with_exact_completions() -> None:
     np.testing.assert_allclose(x0["paired_diff_vs_exact"], [-0.25, 0.0], atol=1e-12)
     np.testing.assert_allclose(x0["paired_score_diff_vs_flow_grpo"], [-0.1, 0.0], atol=1e-12)
     assert summary["tp_constrained"]["paired_score_diff_vs_exact"] is None
+    # equal iterations only where the reference was evaluated within one iteration of the run's own
+    np.testing.assert_allclose(
+        summary["tp_constrained"]["paired_diff_vs_flow_grpo_equal_iterations"], [0.25, 0.0], atol=1e-12
+    )
+    assert x0["paired_diff_vs_flow_grpo_equal_iterations"] is None
     (_, header, rows), *_ = [t for t in learning.tables(summary) if "exact" in t[0]]
     assert [r[:2] for r in rows] == [["tp_constrained_x0", "tp_constrained"]]
     assert rows[0][header.index("score vs exact")] == "-0.050±0.000"
