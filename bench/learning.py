@@ -654,7 +654,10 @@ def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any
         evaluated at (its step-level partner's): `incremental` and `tp` are, `dance` and the early
         window (more iterations than the reference has) or the estimators are not."""
         ref = flow_reference(config)
-        return all(abs(r["iterations"] - matched_at.get((ref, r["seed"]), -9)) <= 1 for r in rs)
+        return all(
+            (ref, r["seed"]) in matched_at and abs(r["iterations"] - matched_at[(ref, r["seed"])]) <= 1
+            for r in rs
+        )
 
     curves = {c: mean_curve(rs) for c, rs in by_config.items()}
     target = float(curves["flow_grpo"]["smoothed"][-1]) if "flow_grpo" in curves else None
