@@ -710,6 +710,13 @@ def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any
             "seconds_per_iteration": float(np.mean([h["seconds"] for h in history])),
             "quality": {k: mean_ci([float(np.mean(r["eval"]["quality"][k])) for r in rs]) for k in QUALITY},
             "reaches_flow_grpo_final": first_reach(curves[config], target),
+            # the other way round (the paper's "TP-GRPO at N steps matches Flow-GRPO at M"): where
+            # Flow-GRPO's curve first reaches this configuration's final smoothed train reward
+            "flow_grpo_reaches_this_final": (
+                first_reach(curves["flow_grpo"], float(curves[config]["smoothed"][-1]))
+                if "flow_grpo" in curves and config != "flow_grpo"
+                else None
+            ),
             "per_task_strict": {
                 t: mean_ci([per_task(r["eval"]["strict"], r["eval"]["task"], [t])[t] for r in rs])
                 for t in tasks
@@ -803,6 +810,11 @@ def first_reach(curve: dict[str, np.ndarray], target: float | None) -> dict[str,
     }
 
 
+def fmt_reach(reach: dict[str, float] | None) -> str:
+    """`iteration / seconds` of a `first_reach`, or `-` where the curve never gets there."""
+    return "-" if reach is None else f"{reach['iteration']} / {reach['seconds']:.0f}"
+
+
 def fmt_ci(v: tuple[float, float] | list[float] | None) -> str:
     """`mean±half-width`, or `-` where there is nothing to compare."""
     return "-" if v is None else f"{v[0]:.3f}±{v[1]:.3f}"
@@ -817,10 +829,9 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
     pref = "pref" in b
     no_diff = ["-"] * 3
     base_row = ["base", "0", f"{b['strict']:.3f}", *no_diff, f"{b['score']:.4f}", *["-"] * (2 + pref)]
-    main_rows = [[*base_row, *no_diff, *base_quality]]
+    main_rows = [[*base_row, *no_diff, "-", *base_quality]]  # evals/it, s/it and both "reaches"
     for c in configs:
         v, q = summary[c], summary[c]["quality"]
-        reach = v["reaches_flow_grpo_final"]
         main_rows.append(
             [
                 c,
@@ -835,7 +846,8 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                 *([fmt_ci(v.get("paired_pref_diff_vs_base"))] if pref else []),
                 f"{v['model_evals_per_iteration']:.0f}",
                 f"{v['seconds_per_iteration']:.1f}",
-                f"{reach['iteration']} / {reach['seconds']:.0f}" if reach else "-",
+                fmt_reach(v["reaches_flow_grpo_final"]),
+                fmt_reach(v["flow_grpo_reaches_this_final"]),
                 f"{q['background_dev'][0]:.4f}",
                 f"{q['stray_frac'][0]:.4f}",
                 f"{q['specks'][0]:.3f}",
@@ -858,6 +870,7 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         "evals/it",
         "s/it",
         "reaches flow (it / s)",
+        "flow reaches it (it / s)",
         "bg dev",
         "stray",
         "specks",

@@ -210,13 +210,14 @@ def test_estimator_configurations_are_compared_with_exact_completions() -> None:
         score = [v + shift[config] + 0.01 * seed for v in base_score]
         history = [
             {
-                "train_reward": 0.5,
+                "train_reward": reward,
                 "model_evals": 100,
                 "seconds": 1.0,
                 "steps": [4, 4],
                 "nonzero_advantage_by_step": [4, 4],
                 "zero_increment_by_step": [0, 0],
             }
+            for reward in ([0.4, 0.5, 0.6] if config == "flow_grpo" else [0.5])
         ]
         evaluation = {
             "strict": [1, 0, 0, 0] if config == "tp_constrained_x0" else [1, 1, 0, 0],
@@ -246,6 +247,9 @@ def test_estimator_configurations_are_compared_with_exact_completions() -> None:
         summary["tp_constrained"]["paired_diff_vs_flow_grpo_equal_iterations"], [0.25, 0.0], atol=1e-12
     )
     assert x0["paired_diff_vs_flow_grpo_equal_iterations"] is None
+    # Flow-GRPO's smoothed train reward (0.4, 0.45, 0.5) first reaches x0's final 0.5 at iteration 3
+    assert x0["flow_grpo_reaches_this_final"] == {"iteration": 3, "model_evals": 300.0, "seconds": 3.0}
+    assert summary["flow_grpo"]["flow_grpo_reaches_this_final"] is None
     (_, header, rows), *_ = [t for t in learning.tables(summary) if "exact" in t[0]]
     assert [r[:2] for r in rows] == [["tp_constrained_x0", "tp_constrained"]]
     assert rows[0][header.index("score vs exact")] == "-0.050±0.000"
