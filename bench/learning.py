@@ -45,6 +45,14 @@ which Flow-GRPO beats the base within the budget (the pilot: bench/demo.py's `co
 with `shapes` (accuracy, partial credit, quality), and with `shapes_pref` on the same images
 ("pref vs base"); archive and results carry `-shapes_pref`. Every table reports the paired
 difference to the base and to Flow-GRPO in strict accuracy and in mean score.
+
+`--flow-from BUDGET` takes the Flow-GRPO reference from the runs archived at another budget of the
+same protocol, instead of training one at this budget: step-level modes given more compute can then
+be read against Flow-GRPO's final score at its own budget (the paper's "TP-GRPO at N steps matches
+Flow-GRPO at M"), e.g. after the 450-s protocol above:
+
+    python bench/learning.py --tasks counting --reward shapes_pref --budget 900 --replicates 49 \
+        --seeds 5 --configs tp_constrained tp --flow-from 450 --name learning_counting_shapes_pref_long
 """
 
 from __future__ import annotations
@@ -449,12 +457,22 @@ def main() -> None:
         "either way, so another --name over other --configs reuses the finished ones",
     )
     ap.add_argument(
+        "--flow-from",
+        type=float,
+        default=None,
+        metavar="BUDGET",
+        help="take the flow_grpo reference from the runs archived at this budget (same protocol "
+        "otherwise) instead of training it at --budget",
+    )
+    ap.add_argument(
         "--report-only",
         action="store_true",
         help="summarize the runs finished so far (train nothing; evaluates the base if needed)",
     )
     args = ap.parse_args()
     configs = args.configs or (list(MODES) if args.quick else DEFAULT_CONFIGS)
+    if args.flow_from is not None:  # the reference comes from the other budget's archive
+        configs = [c for c in configs if c != "flow_grpo"]
     seeds = list(range(2 if args.quick else args.seeds))
     budget = 40.0 if args.quick else args.budget
     replicates = 1 if args.quick else args.replicates
@@ -523,12 +541,21 @@ def main() -> None:
         runs = [r for r in found.values() if r is not None]
     assert base is not None
     evaluate_at_partner_iterations(root, runs, replicates, args.eval_steps, folder)
+    if args.flow_from is not None:
+        flow_folder = archive_dir(args.flow_from, replicates, args.eval_steps, args.tasks, args.reward)
+        runs += reference_runs(flow_folder, seeds, base)
     summary = summarize(runs, base)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report(summary, runs, name)
+    note = (
+        None
+        if args.flow_from is None
+        else f"flow_grpo: its runs archived at {args.flow_from:g} s (--flow-from)"
+    )
+    report(summary, runs, name, note)
     out = {
         "quick": args.quick,
         "budget_s": budget,
+        "flow_grpo_budget_s": budget if args.flow_from is None else args.flow_from,
         "tasks": args.tasks,
         "reward": args.reward,
         "seeds": seeds,
@@ -546,6 +573,38 @@ def main() -> None:
         "load_average": os.getloadavg(),
     }
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
+
+
+def reference_runs(folder: Path, seeds: list[int], base: dict[str, Any]) -> list[dict[str, Any]]:
+    """The archived `flow_grpo` runs of `seeds` in `folder` (another budget of the same protocol),
+    to stand as the Flow-GRPO reference (`--flow-from`). Their evaluation at a partner's iteration
+    count belongs to that budget's partner and is dropped.
+
+    Raises:
+        UserError: a seed's run is not archived there, or the folder's base evaluation is not the
+            same held-out images as `base` (another protocol: the paired differences would be void).
+    """
+    theirs = archived(folder, "base")
+    if (
+        theirs is None
+        or theirs["task"] != base["task"]
+        or not np.allclose(theirs["score"], base["score"], atol=1e-4)  # the archive rounds to 5 decimals
+    ):
+        raise UserError(
+            f"{folder} does not hold a base evaluation of the same held-out images as this benchmark; "
+            "fix: give --flow-from a budget that was run with the same --tasks, --reward, "
+            "--replicates and --eval-steps"
+        )
+    runs = []
+    for seed in seeds:
+        run = archived(folder, f"flow_grpo-s{seed}")
+        if run is None:
+            raise UserError(
+                f"{folder} has no archived flow_grpo-s{seed}; fix: run the benchmark at that budget "
+                "with --configs flow_grpo first, or ask for fewer --seeds"
+            )
+        runs.append({k: v for k, v in run.items() if k not in ("eval_matched", "matched_iterations")})
+    return runs
 
 
 def flow_reference(config: str) -> str:
@@ -943,15 +1002,18 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
     ]
 
 
-def report(summary: dict[str, Any], runs: list[dict[str, Any]], name: str) -> None:
-    """Print the tables and write them as markdown (`<name>.md`); draw train-reward curves against
-    iterations, evaluations and seconds, and kept turning points by step index (`<name>_curves.png`)."""
+def report(summary: dict[str, Any], runs: list[dict[str, Any]], name: str, note: str | None = None) -> None:
+    """Print the tables and write them as markdown (`<name>.md`), after `note` if given; draw
+    train-reward curves against iterations, evaluations and seconds, and kept turning points by step
+    index (`<name>_curves.png`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markdown = []
+    markdown = [] if note is None else [note, ""]
+    if note is not None:
+        print(note)
     for title, header, rows in tables(summary):
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         print(f"\n{title}")

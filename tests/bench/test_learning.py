@@ -253,3 +253,50 @@ def test_estimator_configurations_are_compared_with_exact_completions() -> None:
     (_, header, rows), *_ = [t for t in learning.tables(summary) if "exact" in t[0]]
     assert [r[:2] for r in rows] == [["tp_constrained_x0", "tp_constrained"]]
     assert rows[0][header.index("score vs exact")] == "-0.050±0.000"
+
+
+def test_flow_reference_from_another_budget(tmp_path: Path, monkeypatch: Any) -> None:
+    """`--flow-from 600`: step-level runs at a larger budget are read against the Flow-GRPO runs
+    archived at 600 s of the same protocol (same held-out images): their final train reward is the
+    target of "reaches flow", their final adapters are the "vs flow" reference; nothing of Flow-GRPO
+    is trained at the new budget."""
+    learning = _learning()
+    monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(learning, "ARCHIVE", tmp_path / "results" / "learning_runs")
+    short, long = learning.archive_dir(600.0, 2, 10), learning.archive_dir(1200.0, 2, 10)
+    base = _fake_run("base", 0, 0, [False, False, True, True])["eval"]
+    flow = _fake_run("flow_grpo", 0, 40, [True, False, True, True])  # train reward 0.5 … 0.89
+    flow["matched_iterations"], flow["eval_matched"] = 14, _fake_run("flow_grpo", 0, 14, [True] * 4)["eval"]
+    for name, doc in (("flow_grpo-s0", flow), ("base", base)):
+        learning.archive(short, name, doc)
+    tp = _fake_run("tp_constrained", 0, 45, [True, True, True, True])  # reaches 0.89 at iteration 40
+    for name, doc in (("tp_constrained-s0", tp), ("base", base)):
+        learning.archive(long, name, doc)
+
+    root = tmp_path / "fresh-root"
+    argv = ["learning.py", "--configs", "flow_grpo", "tp_constrained", "--seeds", "1", "--replicates", "2"]
+    monkeypatch.setattr("sys.argv", [*argv, "--budget", "1200", "--flow-from", "600", "--root", str(root)])
+    learning.main()
+    assert not root.exists()  # flow_grpo was not trained at 1200 s
+    out = json.loads((tmp_path / "results" / "learning.json").read_text())
+    assert out["budget_s"] == 1200 and out["flow_grpo_budget_s"] == 600
+    assert out["missing_runs"] == []
+    summary = out["summary"]
+    assert summary["flow_grpo"]["iterations"] == 40
+    assert summary["flow_grpo_final_train_reward"] == pytest.approx(0.88)  # trailing mean of 0.87-0.89
+    assert summary["tp_constrained"]["reaches_flow_grpo_final"]["iteration"] == 40
+    assert summary["tp_constrained"]["paired_diff_vs_flow_grpo"][0] == pytest.approx(0.25)
+    # the reference's equal-iteration evaluation was its 600-s partner's, not this run's
+    assert summary["tp_constrained"]["paired_diff_vs_flow_grpo_equal_iterations"] is None
+    assert (
+        (tmp_path / "results" / "learning.md").read_text().startswith("flow_grpo: its runs archived at 600 s")
+    )
+
+    # another protocol's base, or a seed not archived at that budget: a clear error, nothing written
+    other = learning.archive_dir(300.0, 2, 10)
+    learning.archive(other, "flow_grpo-s0", flow)
+    learning.archive(other, "base", _fake_run("base", 0, 0, [True, False, True, True])["eval"])
+    with pytest.raises(UserError, match="same held-out images"):
+        learning.reference_runs(other, [0], base)
+    with pytest.raises(UserError, match="no archived flow_grpo-s1"):
+        learning.reference_runs(short, [0, 1], base)
