@@ -685,6 +685,9 @@ def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any
     }
     final_score = {(r["config"], r["seed"]): np.asarray(r["eval"]["score"], float) for r in runs}
     has_pref = "pref" in base and all("pref" in r["eval"] for r in runs)
+    final_pref = (
+        {(r["config"], r["seed"]): np.asarray(r["eval"]["pref"], float) for r in runs} if has_pref else {}
+    )
 
     def paired(
         config: str,
@@ -741,7 +744,14 @@ def summarize(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any
             "paired_diff_vs_base": mean_ci([float((s - base_strict).mean()) for s in strict]),
             "paired_score_diff_vs_base": vs_base(rs, "score"),
             "paired_score_diff_vs_flow_grpo": paired(config, rs, final_score, final_score),
-            **({"paired_pref_diff_vs_base": vs_base(rs, "pref")} if has_pref else {}),
+            **(
+                {
+                    "paired_pref_diff_vs_base": vs_base(rs, "pref"),
+                    "paired_pref_diff_vs_flow_grpo": paired(config, rs, final_pref, final_pref),
+                }
+                if has_pref
+                else {}
+            ),
             "flow_reference": flow_reference(config),
             # issue 18: an estimator configuration against its exact-completion configuration
             "exact_reference": (exact := exact_reference(config)),
@@ -887,7 +897,7 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
     base_quality = [f"{q0['background_dev']:.4f}", f"{q0['stray_frac']:.4f}", f"{q0['specks']:.3f}"]
     pref = "pref" in b
     no_diff = ["-"] * 3
-    base_row = ["base", "0", f"{b['strict']:.3f}", *no_diff, f"{b['score']:.4f}", *["-"] * (2 + pref)]
+    base_row = ["base", "0", f"{b['strict']:.3f}", *no_diff, f"{b['score']:.4f}", *["-"] * (2 + 2 * pref)]
     main_rows = [[*base_row, *no_diff, "-", *base_quality]]  # evals/it, s/it and both "reaches"
     for c in configs:
         v, q = summary[c], summary[c]["quality"]
@@ -902,7 +912,14 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                 fmt_ci(v["score"]),
                 fmt_ci(v.get("paired_score_diff_vs_base")),
                 fmt_ci(v.get("paired_score_diff_vs_flow_grpo")),
-                *([fmt_ci(v.get("paired_pref_diff_vs_base"))] if pref else []),
+                *(
+                    [
+                        fmt_ci(v.get("paired_pref_diff_vs_base")),
+                        fmt_ci(v.get("paired_pref_diff_vs_flow_grpo")),
+                    ]
+                    if pref
+                    else []
+                ),
                 f"{v['model_evals_per_iteration']:.0f}",
                 f"{v['seconds_per_iteration']:.1f}",
                 fmt_reach(v["reaches_flow_grpo_final"]),
@@ -925,7 +942,7 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         "score",
         "score vs base",
         "score vs flow",
-        *(["pref vs base"] if pref else []),
+        *(["pref vs base", "pref vs flow"] if pref else []),
         "evals/it",
         "s/it",
         "reaches flow (it / s)",

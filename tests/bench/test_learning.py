@@ -267,9 +267,12 @@ def test_flow_reference_from_another_budget(tmp_path: Path, monkeypatch: Any) ->
     base = _fake_run("base", 0, 0, [False, False, True, True])["eval"]
     flow = _fake_run("flow_grpo", 0, 40, [True, False, True, True])  # train reward 0.5 … 0.89
     flow["matched_iterations"], flow["eval_matched"] = 14, _fake_run("flow_grpo", 0, 14, [True] * 4)["eval"]
+    tp = _fake_run("tp_constrained", 0, 45, [True, True, True, True])  # reaches 0.89 at iteration 40
+    # trained on shapes_pref: every evaluation also carries the training reward's score
+    for doc, pref in ((base, [0.2, 0.2, 0.4, 0.4]), (flow["eval"], [0.3] * 4), (tp["eval"], [0.35] * 4)):
+        doc["pref"] = pref
     for name, doc in (("flow_grpo-s0", flow), ("base", base)):
         learning.archive(short, name, doc)
-    tp = _fake_run("tp_constrained", 0, 45, [True, True, True, True])  # reaches 0.89 at iteration 40
     for name, doc in (("tp_constrained-s0", tp), ("base", base)):
         learning.archive(long, name, doc)
 
@@ -286,6 +289,13 @@ def test_flow_reference_from_another_budget(tmp_path: Path, monkeypatch: Any) ->
     assert summary["flow_grpo_final_train_reward"] == pytest.approx(0.88)  # trailing mean of 0.87-0.89
     assert summary["tp_constrained"]["reaches_flow_grpo_final"]["iteration"] == 40
     assert summary["tp_constrained"]["paired_diff_vs_flow_grpo"][0] == pytest.approx(0.25)
+    assert summary["tp_constrained"]["paired_pref_diff_vs_flow_grpo"][0] == pytest.approx(0.05)
+    assert summary["flow_grpo"]["paired_pref_diff_vs_base"][0] == pytest.approx(0.0)
+    (_, header, rows), *_ = learning.tables(summary)
+    assert all(len(r) == len(header) for r in rows)
+    by_config = {r[0]: r for r in rows}
+    assert by_config["tp_constrained"][header.index("pref vs flow")].startswith("0.050±")  # one seed: no CI
+    assert by_config["flow_grpo"][header.index("pref vs flow")] == "-"
     # the reference's equal-iteration evaluation was its 600-s partner's, not this run's
     assert summary["tp_constrained"]["paired_diff_vs_flow_grpo_equal_iterations"] is None
     assert (
