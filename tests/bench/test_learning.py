@@ -302,11 +302,11 @@ def test_flow_reference_from_another_budget(tmp_path: Path, monkeypatch: Any) ->
         (tmp_path / "results" / "learning.md").read_text().startswith("flow_grpo: its runs archived at 600 s")
     )
 
-    # another protocol's base, or a seed not archived at that budget: a clear error, nothing written
+    # another protocol's base, or a seed not archived at that budget: a clear error naming the fix
     other = learning.archive_dir(300.0, 2, 10)
     learning.archive(other, "flow_grpo-s0", flow)
     learning.archive(other, "base", _fake_run("base", 0, 0, [True, False, True, True])["eval"])
-    with pytest.raises(UserError, match="same held-out images"):
+    with pytest.raises(UserError, match=r"same held-out images.*fix: give --flow-from"):
         learning.reference_runs(other, [0], base)
-    with pytest.raises(UserError, match="no archived flow_grpo-s1"):
+    with pytest.raises(UserError, match=r"no archived flow_grpo-s1; fix:"):
         learning.reference_runs(short, [0, 1], base)
